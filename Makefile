@@ -1,0 +1,28 @@
+# The two commands of the README: `make demo` and `make test`. Each creates .venv when missing.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup demo test test-all bench-throughput
+
+setup: $(STAMP)
+
+# constraints.txt pins torch to the CPU build: open-clip-torch -> torchvision would otherwise pull CUDA.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/coe demo
+
+test: setup
+	$(BIN)/python -m pytest -q -m "not slow and not gpu"
+
+test-all: setup
+	$(BIN)/python -m pytest -q -m "not gpu"
+
+bench-throughput: setup
+	$(BIN)/python -m benchmarks.throughput

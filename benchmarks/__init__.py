@@ -1,0 +1,1 @@
+"""Benchmarks: the built-in simulated benchmark, expert outcome runs, and metrics."""

@@ -1,0 +1,231 @@
+"""The built-in benchmark: real crops of photographs that installed packages ship, and fakes made
+from them by the SIMULATED artifacts of `benchmarks.simulators` (not real generators).
+
+Every crop is one group: its real image and the fakes derived from it share a split, so an
+expert is never tested on a fake whose own real crop it was trained on. The three splits feed
+the three stages of Bench-CoE: `expert_train` trains the experts, `router_train` trains the
+router on the experts' outcomes, `test` evaluates the whole. The same seed always gives
+byte-identical images and manifest."""
+
+from __future__ import annotations
+
+import csv
+import json
+from importlib import resources
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from benchmarks.simulators import SIMULATORS
+
+Split = Literal["expert_train", "router_train", "test"]
+MANIFEST_COLUMNS = ("path", "label", "subject", "generator", "mask_path", "split", "source")
+REAL_GENERATOR = "real"
+
+
+class SourcePhoto(BaseModel):
+    """A real photograph shipped inside an installed package."""
+
+    model_config = ConfigDict(frozen=True)
+    package: str
+    path: str
+    subject: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.package}/{self.path}"
+
+
+# Only files present in the wheels: skimage.data functions that download through pooch are left
+# out, and so are skimage's synthetic images (chessboard, phantom, logo, color, horse).
+SOURCE_PHOTOS = (
+    SourcePhoto(package="skimage", path="data/astronaut.png", subject="human"),
+    SourcePhoto(package="skimage", path="data/camera.png", subject="human"),
+    SourcePhoto(package="matplotlib", path="mpl-data/sample_data/grace_hopper.jpg", subject="human"),
+    SourcePhoto(package="skimage", path="data/chelsea.png", subject="animal"),
+    SourcePhoto(package="skimage", path="data/coffee.png", subject="object"),
+    SourcePhoto(package="skimage", path="data/coins.png", subject="object"),
+    SourcePhoto(package="skimage", path="data/motorcycle_left.png", subject="object"),
+    SourcePhoto(package="skimage", path="data/motorcycle_right.png", subject="object"),
+    SourcePhoto(package="skimage", path="data/rocket.jpg", subject="scene"),
+    SourcePhoto(package="sklearn", path="datasets/images/china.jpg", subject="scene"),
+    SourcePhoto(package="sklearn", path="datasets/images/flower.jpg", subject="plant"),
+    SourcePhoto(package="skimage", path="data/grass.png", subject="texture"),
+    SourcePhoto(package="skimage", path="data/gravel.png", subject="texture"),
+    SourcePhoto(package="skimage", path="data/brick.png", subject="texture"),
+    SourcePhoto(package="skimage", path="data/page.png", subject="document"),
+    SourcePhoto(package="skimage", path="data/text.png", subject="document"),
+    SourcePhoto(package="skimage", path="data/hubble_deep_field.jpg", subject="astronomy"),
+    SourcePhoto(package="skimage", path="data/moon.png", subject="astronomy"),
+    SourcePhoto(package="skimage", path="data/retina.jpg", subject="medical"),
+    SourcePhoto(package="skimage", path="data/ihc.png", subject="medical"),
+    SourcePhoto(package="skimage", path="data/cell.png", subject="medical"),
+)
+
+
+class BuiltinBenchmarkConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seed: int = 0
+    n_real: int = Field(default=360, ge=3, description="real crops; each crop is one split group")
+    image_size: int = Field(
+        default=256, ge=32, multiple_of=8, description="side of every image; photos smaller are skipped"
+    )
+    fakes_per_generator: int = Field(default=120, ge=0)
+    generators: list[str] = list(SIMULATORS)
+    max_crop_scale: float = Field(
+        default=2.5, ge=1.0, description="crops span 1x to this many times image_size, then are downscaled"
+    )
+    split_fractions: dict[Split, float] = {"expert_train": 0.4, "router_train": 0.3, "test": 0.3}
+
+    @field_validator("generators")
+    @classmethod
+    def _known_generators(cls, generators: list[str]) -> list[str]:
+        unknown = set(generators) - set(SIMULATORS)
+        if unknown:
+            raise ValueError(f"unknown generators {sorted(unknown)}; known: {sorted(SIMULATORS)}")
+        return generators
+
+    @model_validator(mode="after")
+    def _fractions_cover_everything(self) -> BuiltinBenchmarkConfig:
+        if any(fraction < 0 for fraction in self.split_fractions.values()):
+            raise ValueError("split fractions must be non-negative")
+        if not np.isclose(sum(self.split_fractions.values()), 1.0):
+            raise ValueError(f"split fractions must sum to 1, got {self.split_fractions}")
+        return self
+
+
+def split_sizes(total: int, fractions: dict[Split, float]) -> dict[Split, int]:
+    """Largest-remainder rounding, so the sizes add up to `total` exactly."""
+    exact = {split: total * fraction for split, fraction in fractions.items()}
+    sizes = {split: int(np.floor(value)) for split, value in exact.items()}
+    by_remainder = sorted(exact, key=lambda split: (sizes[split] - exact[split], list(exact).index(split)))
+    for split in by_remainder[: total - sum(sizes.values())]:
+        sizes[split] += 1
+    return sizes
+
+
+def _photo_file(photo: SourcePhoto) -> Path | None:
+    if find_spec(photo.package) is None:
+        return None
+    path = Path(str(resources.files(photo.package).joinpath(photo.path)))
+    return path if path.is_file() else None
+
+
+def _load_photos(image_size: int) -> list[tuple[SourcePhoto, np.ndarray]]:
+    photos = []
+    for photo in SOURCE_PHOTOS:
+        path = _photo_file(photo)
+        if path is None:
+            continue
+        pixels = np.asarray(Image.open(path).convert("RGB"))
+        if min(pixels.shape[:2]) >= image_size:
+            photos.append((photo, pixels))
+    if not photos:
+        raise RuntimeError(f"no shipped photograph is at least {image_size} pixels on its short side")
+    return photos
+
+
+def _rng(seed: int, stream: int, index: int) -> np.random.Generator:
+    """One independent stream per image, so each image depends only on (seed, what, which)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, stream, index]))
+
+
+def _real_crop(photo: np.ndarray, size: int, max_scale: float, rng: np.random.Generator) -> np.ndarray:
+    """A random square crop of varied scale, downscaled (never upscaled), flipped and jittered."""
+    height, width = photo.shape[:2]
+    side = size * rng.uniform(1.0, min(max_scale, min(height, width) / size))
+    top, left = rng.uniform(0, height - side), rng.uniform(0, width - side)
+    crop = Image.fromarray(photo).resize(
+        (size, size), Image.Resampling.LANCZOS, box=(left, top, left + side, top + side)
+    )
+    pixels = np.asarray(crop, dtype=np.float64)
+    if rng.random() < 0.5:
+        pixels = pixels[:, ::-1]
+    gain = rng.uniform(0.9, 1.1) * rng.uniform(0.96, 1.04, size=3)
+    pixels = pixels * gain + rng.uniform(-8.0, 8.0)
+    return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+def _save_png(pixels: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Fast zlib level: files are a little larger, but building stays well under a minute.
+    Image.fromarray(pixels).save(path, format="PNG", compress_level=1)
+
+
+README = """# coe built-in benchmark (SIMULATED artifacts)
+
+The fakes here are NOT made by real generative models. Each is a real photograph crop with one
+simulated generator fingerprint imprinted by `benchmarks.simulators`:
+
+- gan_upsample: transposed-convolution checkerboard (periodic Nyquist / half-Nyquist peaks);
+- diffusion_smooth: sensor noise smoothed away and replaced by a correlated synthetic texture;
+- inpaint_local: an elliptical region re-synthesised from an over-smoothed low-resolution
+  version (the ground-truth region is in masks/).
+
+Scores on this benchmark say whether an expert sees that fingerprint; they say nothing about
+real-world generators. Real images are crops of photographs that installed Python packages ship
+(scikit-image, scikit-learn, matplotlib); see the `source` column of manifest.csv.
+
+A real crop and the fakes made from it always share a split: `expert_train` trains the experts,
+`router_train` the router, `test` evaluates.
+"""
+
+
+def build_builtin_benchmark(out_dir: Path, config: BuiltinBenchmarkConfig | None = None) -> Path:
+    """Write the benchmark into `out_dir` (must be empty or absent); returns the manifest path."""
+    config = config or BuiltinBenchmarkConfig()
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise FileExistsError(f"{out_dir} is not empty; the benchmark is only written into a fresh folder")
+    photos = _load_photos(config.image_size)
+    order_rng = _rng(config.seed, 0, 0)
+    crop_photo = order_rng.permutation(np.arange(config.n_real) % len(photos))
+    crop_split: list[Split] = list(
+        order_rng.permutation(
+            [split for split, size in split_sizes(config.n_real, config.split_fractions).items() for _ in range(size)]
+        )
+    )
+
+    rows = []
+    reals = []
+    for index in range(config.n_real):
+        photo, pixels = photos[crop_photo[index]]
+        real = _real_crop(pixels, config.image_size, config.max_crop_scale, _rng(config.seed, 1, index))
+        reals.append(real)
+        path = f"real/{index:05d}.png"
+        _save_png(real, out_dir / path)
+        rows.append((path, "real", photo.subject, REAL_GENERATOR, "", crop_split[index], photo.name))
+
+    crops_by_split = {split: [i for i in range(config.n_real) if crop_split[i] == split] for split in config.split_fractions}
+    fake_counts = split_sizes(config.fakes_per_generator, config.split_fractions)
+    for generator_index, generator in enumerate(config.generators):
+        simulate = SIMULATORS[generator]
+        fake_index = 0
+        for split, crops in crops_by_split.items():
+            # Consecutive generators start at different crops, so a crop rarely feeds two of them.
+            for k in range(fake_counts[split]):
+                if not crops:
+                    raise ValueError(f"split {split!r} has fakes but no real crops; raise n_real")
+                crop = crops[(generator_index * fake_counts[split] + k) % len(crops)]
+                photo, _ = photos[crop_photo[crop]]
+                fake, mask = simulate(reals[crop], _rng(config.seed, 2 + generator_index, fake_index))
+                path = f"fake/{generator}/{fake_index:05d}.png"
+                _save_png(fake, out_dir / path)
+                mask_path = ""
+                if mask is not None:
+                    mask_path = f"masks/{generator}/{fake_index:05d}.png"
+                    _save_png(mask.astype(np.uint8) * 255, out_dir / mask_path)
+                rows.append((path, "fake", photo.subject, generator, mask_path, split, photo.name))
+                fake_index += 1
+
+    manifest = out_dir / "manifest.csv"
+    with manifest.open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(MANIFEST_COLUMNS)
+        writer.writerows(rows)
+    (out_dir / "README.md").write_text(README + "\n## Configuration\n\n```json\n" + json.dumps(config.model_dump(), indent=2) + "\n```\n")
+    return manifest

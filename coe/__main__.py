@@ -1,0 +1,3 @@
+from coe.cli import app
+
+app(prog_name="coe")

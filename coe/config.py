@@ -1,0 +1,151 @@
+"""Configuration: pydantic models, YAML files in configs/, and CLI overrides on top.
+
+Precedence: configs/defaults.yaml < a user's --config file < --set key=value options. Unknown keys
+and bad values are rejected with a message that names the key and the file it came from."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from coe.core.imaging import DecodeLimits
+from experts.base import ExpertCard
+from router.features import ClipSpec
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+DEFAULTS_FILE = CONFIG_DIR / "defaults.yaml"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RouterConfig(StrictModel):
+    path: Path | None = Field(
+        default=None, description="router artifact; null = the default router in COE home, built on first use"
+    )
+    model: Literal["logreg", "lightgbm"] = "logreg"
+    cost_weight: float = Field(default=0.0, ge=0.0, description="lambda in P(correct) - lambda * cost")
+    abstain_below: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="answer 'uncertain' when the best P(correct) is lower"
+    )
+
+
+class MergerConfig(StrictModel):
+    uncertain_low: float = Field(default=0.35, ge=0.0, le=0.5)
+    uncertain_high: float = Field(default=0.65, ge=0.5, le=1.0)
+
+
+class RunConfig(StrictModel):
+    chunk_size: int = Field(default=64, ge=1, description="images decoded, embedded and committed together")
+    decode_workers: int = Field(default=2, ge=1)
+
+
+class CoeConfig(StrictModel):
+    home: Path = Field(
+        default=Path("~/.cache/coe"), description="trained experts, routers, feature cache (env COE_HOME wins)"
+    )
+    experts: list[str] = Field(default=["spectrum", "dct", "residual"], min_length=1)
+    experts_dir: Path = Path("experts")
+    ingest: DecodeLimits = DecodeLimits()
+    features: ClipSpec = ClipSpec()
+    router: RouterConfig = RouterConfig()
+    merger: MergerConfig = MergerConfig()
+    run: RunConfig = RunConfig()
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> CoeConfig:
+        self.home = Path(os.environ.get("COE_HOME") or self.home).expanduser()
+        if not self.experts_dir.is_absolute():
+            self.experts_dir = CONFIG_DIR / self.experts_dir
+        return self
+
+    def resolve_in_home(self, path: str | Path) -> Path:
+        path = Path(path).expanduser()
+        return path if path.is_absolute() else self.home / path
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror or error}") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        problem = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        lines.append(f"{source}: {key}: {problem}")
+    return "\n".join(lines)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_override(assignment: str) -> dict[str, Any]:
+    """`features.batch_size=16` -> {"features": {"batch_size": 16}}; the value is read as YAML."""
+    key, separator, raw = assignment.partition("=")
+    if not separator or not key.strip():
+        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. features.batch_size=16")
+    value: Any = yaml.safe_load(raw) if raw.strip() else None
+    for part in reversed(key.strip().split(".")):
+        value = {part: value}
+    return value
+
+
+def load_config(config_file: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> CoeConfig:
+    layers: list[tuple[str, dict[str, Any]]] = [(str(DEFAULTS_FILE), _read_yaml(DEFAULTS_FILE))]
+    if config_file is not None:
+        layers.append((str(config_file), _read_yaml(Path(config_file))))
+    layers += [(f"--set {assignment}", parse_override(assignment)) for assignment in overrides]
+    merged: dict[str, Any] = {}
+    for source, layer in layers:
+        # Validate each layer alone first, so an error names the file that holds the bad key.
+        try:
+            CoeConfig.model_validate(_merge(merged, layer))
+        except ValidationError as error:
+            raise ConfigError(_describe(error, source)) from None
+        merged = _merge(merged, layer)
+    return CoeConfig.model_validate(merged)
+
+
+def load_expert_cards(config: CoeConfig) -> dict[str, ExpertCard]:
+    """The cards of the enabled experts, in configured order."""
+    cards: dict[str, ExpertCard] = {}
+    for name in config.experts:
+        card_file = config.experts_dir / f"{name}.yaml"
+        if not card_file.exists():
+            available = sorted(path.stem for path in config.experts_dir.glob("*.yaml"))
+            raise ConfigError(
+                f"expert {name!r} is enabled but {card_file} does not exist; available cards: {available}"
+            )
+        try:
+            card = ExpertCard.model_validate(_read_yaml(card_file))
+        except ValidationError as error:
+            raise ConfigError(_describe(error, str(card_file))) from None
+        if card.name != name:
+            raise ConfigError(f"{card_file}: name: {card.name!r} does not match the file name {name!r}")
+        cards[name] = card
+    return cards

@@ -1,0 +1,87 @@
+"""The run ledger: every finished path is appended (and fsynced) as one JSON line, so a run that
+is interrupted at any point — Ctrl-C, kill -9, power loss — resumes where it stopped, and ends
+with exactly one result per path."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from coe.core.records import Verdict
+
+LEDGER_FILE = "ledger.jsonl"
+RUN_FILE = "run.json"
+
+
+class RunMismatchError(ValueError):
+    pass
+
+
+class Ledger:
+    def __init__(self, out_dir: Path):
+        self.path = out_dir / LEDGER_FILE
+        self.verdicts: dict[str, Verdict] = {}
+        self.by_image: dict[str, Verdict] = {}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self._recover()
+        self._handle = self.path.open("a", encoding="utf-8")
+
+    def _recover(self) -> None:
+        """Read what earlier attempts finished; cut a line that a kill left half-written."""
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        good_end = data.rfind(b"\n") + 1
+        if good_end < len(data):
+            with self.path.open("r+b") as handle:
+                handle.truncate(good_end)
+        for line in data[:good_end].splitlines():
+            try:
+                verdict = Verdict.model_validate_json(line)
+            except ValidationError:
+                continue  # a line from an incompatible version: that path is simply done again
+            self._remember(verdict)
+
+    def _remember(self, verdict: Verdict) -> None:
+        self.verdicts.setdefault(verdict.path, verdict)
+        if verdict.image_id and verdict.error is None and verdict.duplicate_of is None:
+            self.by_image.setdefault(verdict.image_id, verdict)
+
+    def __contains__(self, path: str) -> bool:
+        return path in self.verdicts
+
+    def append(self, verdicts: Iterable[Verdict]) -> None:
+        lines = []
+        for verdict in verdicts:
+            if verdict.path in self.verdicts:
+                continue
+            self._remember(verdict)
+            lines.append(verdict.model_dump_json() + "\n")
+        if lines:
+            self._handle.write("".join(lines))
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def check_run_identity(out_dir: Path, identity: dict, restart: bool) -> None:
+    """Refuse to resume a run made with another configuration into the same folder."""
+    run_file = out_dir / RUN_FILE
+    if restart:
+        (out_dir / LEDGER_FILE).unlink(missing_ok=True)
+    elif run_file.exists():
+        previous = json.loads(run_file.read_text())
+        if previous != identity:
+            changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
+            raise RunMismatchError(
+                f"{out_dir} holds a run made with a different {', '.join(changed)}; "
+                "use another --out, or --restart to discard it"
+            )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_file.write_text(json.dumps(identity, indent=2, sort_keys=True))

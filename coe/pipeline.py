@@ -1,0 +1,277 @@
+"""`coe route` as a Python API: ingest -> decode -> CLIP features -> router -> experts -> merger
+-> ledger, chunk by chunk, so that memory stays flat and an interrupted run resumes."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from coe.config import CoeConfig
+from coe.core.imaging import DecodedImage, ImageDecodeError, read_image
+from coe.core.records import ErrorCode, ErrorInfo, ExpertOutput, RoutingDecision, Verdict
+from coe.ingest import IngestItem, discover
+from coe.ledger import Ledger, check_run_identity
+from coe.merger import Merger
+from coe.models import ExpertPool, load_configured_router, open_feature_cache
+from coe.results import RunSummary, summarize, write_results
+from router.features import ClipFeatureExtractor, FeatureCache, embed_with_cache
+
+
+class PipelineError(RuntimeError):
+    """A problem with the whole run (configuration, models), as opposed to one bad image."""
+
+
+@dataclass
+class Analysed:
+    decision: RoutingDecision
+    features_id: str | None
+    timings_ms: dict[str, float]
+
+
+class LearnedRouting:
+    """CLIP features (cached on disk) -> the trained router's decisions."""
+
+    def __init__(self, config: CoeConfig, pool: ExpertPool, say: Callable[[str], None]):
+        self.extractor = ClipFeatureExtractor(config.features)
+        self.router, self.meta = load_configured_router(config, pool, self.extractor, say)
+        self.cache: FeatureCache = open_feature_cache(config)
+        self.n_embedded = 0
+
+    @property
+    def identity(self) -> dict:
+        return {"router": self.meta.router_id, "features": self.extractor.extractor_id}
+
+    def decide(self, ids: list[str], pixels: list[np.ndarray]) -> tuple[list[RoutingDecision], dict[str, float]]:
+        start = time.perf_counter()
+        features, embedded = embed_with_cache(self.extractor, self.cache, ids, pixels)
+        self.n_embedded += embedded
+        middle = time.perf_counter()
+        decisions = self.router.decide(features, self.meta.router_id)
+        end = time.perf_counter()
+        per_image = 1000.0 / max(len(ids), 1)
+        return decisions, {"features": (middle - start) * per_image, "routing": (end - middle) * per_image}
+
+    def close(self) -> None:
+        self.cache.close()
+
+
+class FixedRouting:
+    """Every image to one named expert: no CLIP, no router (triage-only runs)."""
+
+    def __init__(self, expert: str):
+        self.expert = expert
+        self.extractor = None
+        self.meta = None
+        self.n_embedded = 0
+
+    @property
+    def identity(self) -> dict:
+        return {"router": f"fixed:{self.expert}", "features": None}
+
+    def decide(self, ids: list[str], pixels: list[np.ndarray]) -> tuple[list[RoutingDecision], dict[str, float]]:
+        decisions = [
+            RoutingDecision(
+                router_id=f"fixed:{self.expert}", level="fixed", chosen=self.expert, reason="expert fixed by --expert"
+            )
+            for _ in ids
+        ]
+        return decisions, {}
+
+    def close(self) -> None:
+        pass
+
+
+def _decode(item: IngestItem, config: CoeConfig) -> DecodedImage | ErrorInfo:
+    if item.error is not None:
+        return item.error
+    try:
+        return read_image(item.path, config.ingest)
+    except ImageDecodeError as error:
+        return error.error
+    except Exception as error:  # a decoder bug must cost one image, not the run
+        return ErrorInfo(code=ErrorCode.INTERNAL_ERROR, message=f"{item.path}: {type(error).__name__}: {error}")
+
+
+class RoutePipeline:
+    def __init__(
+        self,
+        config: CoeConfig,
+        expert: str | None = None,
+        say: Callable[[str], None] = print,
+    ):
+        self.config = config
+        self.pool = ExpertPool(config)
+        if expert is not None and expert not in self.pool.cards:
+            raise PipelineError(f"--expert {expert!r} is not a configured expert ({', '.join(self.pool.cards)})")
+        self.routing = FixedRouting(expert) if expert else LearnedRouting(config, self.pool, say)
+        calibration = self.routing.meta.calibration if self.routing.meta else {}
+        self.merger = Merger(config.merger, calibration)
+
+    @property
+    def identity(self) -> dict:
+        return {
+            **self.routing.identity,
+            "experts": self.pool.identities(),
+            "merger": self.config.merger.model_dump(),
+            "ingest": self.config.ingest.model_dump(),
+        }
+
+    def analyse(self, images: list[tuple[str, DecodedImage]]) -> list[Verdict]:
+        """Route and judge decoded, distinct images; one verdict each, in order."""
+        if not images:
+            return []
+        ids = [image.record.id for _, image in images]
+        pixels = [image.pixels for _, image in images]
+        features_id = self.routing.extractor.extractor_id if self.routing.extractor else None
+        random_weights = bool(self.routing.extractor and self.routing.extractor.random_weights)
+
+        def row(index: int, **fields) -> Verdict:
+            path, image = images[index]
+            return Verdict(
+                path=path, image_id=image.record.id, image=image.record, features=features_id,
+                random_weights=random_weights, **fields,
+            )
+
+        try:
+            decisions, timings = self.routing.decide(ids, pixels)
+        except Exception as error:
+            code = ErrorCode.FEATURES_FAILED if features_id else ErrorCode.ROUTING_FAILED
+            failure = ErrorInfo(code=code, message=f"{type(error).__name__}: {error}")
+            return [row(i, error=failure) for i in range(len(images))]
+        verdicts: list[Verdict] = []
+        outputs = self._judge(decisions, pixels)
+        for i, (decision, result) in enumerate(zip(decisions, outputs, strict=True)):
+            if isinstance(result, ErrorInfo):
+                verdicts.append(row(i, routing=decision, error=result))
+                continue
+            merged = self.merger.merge(decision, result)
+            verdicts.append(
+                row(i, routing=decision, expert_outputs=[result], timings_ms={**timings, "expert": result.latency_ms},
+                    **merged.model_dump())
+            )
+        return verdicts
+
+    def _judge(self, decisions: list[RoutingDecision], pixels: list[np.ndarray]) -> list[ExpertOutput | ErrorInfo]:
+        """Run each chosen expert over its group in one batch. When a batch fails, the images are
+        retried one by one, and an image its expert cannot judge goes to the next-ranked expert,
+        so one pathological image costs at most its own row."""
+        results: list = [None] * len(pixels)
+        groups: dict[str, list[int]] = defaultdict(list)
+        for index, decision in enumerate(decisions):
+            groups[decision.chosen].append(index)
+        for expert_name, members in groups.items():
+            try:
+                batch = self.pool.get(expert_name).predict([pixels[i] for i in members])
+            except Exception:
+                batch = [self._judge_one(decisions[i], pixels[i]) for i in members]
+            for i, output in zip(members, batch, strict=True):
+                results[i] = output
+        return results
+
+    def _judge_one(self, decision: RoutingDecision, image: np.ndarray) -> ExpertOutput | ErrorInfo:
+        candidates = [decision.chosen] + [r.expert for r in decision.ranked if r.expert != decision.chosen]
+        failures = []
+        for expert_name in candidates:
+            try:
+                output = self.pool.get(expert_name).predict([image])[0]
+            except Exception as error:
+                failures.append(f"{expert_name}: {type(error).__name__}: {error}")
+                continue
+            if failures:
+                decision.reason += f"; fell back to {expert_name} after {'; '.join(failures)}"
+            return output
+        return ErrorInfo(code=ErrorCode.EXPERT_FAILED, message=" | ".join(failures))
+
+    def close(self) -> None:
+        self.routing.close()
+
+
+def _chunks(items: Sequence[IngestItem], size: int):
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def route(
+    config: CoeConfig,
+    inputs: Sequence[str | Path],
+    out_dir: Path,
+    manifests: Sequence[str | Path] = (),
+    expert: str | None = None,
+    restart: bool = False,
+    console: Console | None = None,
+    show_progress: bool = True,
+) -> RunSummary:
+    console = console or Console(stderr=True)
+    started = time.perf_counter()
+    items = discover(inputs, manifests)
+    pipeline = RoutePipeline(config, expert, say=lambda message: console.print(f"[yellow]{message}"))
+    setup_seconds = time.perf_counter() - started
+    try:
+        check_run_identity(out_dir, pipeline.identity, restart)
+        ledger = Ledger(out_dir)
+        done_before = sum(item.path in ledger for item in items)
+        todo = [item for item in items if item.path not in ledger]
+        if done_before:
+            console.print(f"resuming: {done_before} of {len(items)} paths were done by an earlier attempt")
+        progress = Progress(
+            TextColumn("[bold]routing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=console, disable=not show_progress,
+        )
+        with progress, ThreadPoolExecutor(config.run.decode_workers) as decoders:
+            task = progress.add_task("route", total=len(items), completed=done_before)
+            for chunk in _chunks(todo, config.run.chunk_size):
+                ledger.append(_process_chunk(chunk, pipeline, ledger, decoders, config))
+                progress.advance(task, len(chunk))
+        ledger.close()
+        results = [ledger.verdicts[item.path] for item in items]
+        write_results(out_dir, results)
+        return summarize(
+            results, out_dir, seconds=time.perf_counter() - started, setup_seconds=setup_seconds,
+            done_before=done_before, embedded=pipeline.routing.n_embedded,
+        )
+    finally:
+        pipeline.close()
+
+
+def _process_chunk(
+    chunk: Sequence[IngestItem], pipeline: RoutePipeline, ledger: Ledger, decoders: ThreadPoolExecutor,
+    config: CoeConfig,
+) -> list[Verdict]:
+    start = time.perf_counter()
+    decoded = list(decoders.map(lambda item: _decode(item, config), chunk))
+    decode_ms = 1000.0 * (time.perf_counter() - start) / max(len(chunk), 1)
+    fresh: dict[str, tuple[str, DecodedImage]] = {}
+    for item, result in zip(chunk, decoded, strict=True):
+        if isinstance(result, DecodedImage) and result.record.id not in ledger.by_image:
+            fresh.setdefault(result.record.id, (item.path, result))
+    analysed = {
+        verdict.image_id: verdict for verdict in pipeline.analyse(list(fresh.values()))
+    }
+    rows = []
+    for item, result in zip(chunk, decoded, strict=True):
+        if isinstance(result, ErrorInfo):
+            rows.append(Verdict(path=item.path, error=result))
+            continue
+        original = analysed.get(result.record.id) or ledger.by_image[result.record.id]
+        if original.path == item.path:
+            original.timings_ms["decode"] = decode_ms
+            rows.append(original)
+        else:
+            rows.append(
+                original.model_copy(
+                    update={
+                        "path": item.path,
+                        "duplicate_of": original.path,
+                        "image": result.record,
+                    }
+                )
+            )
+    return rows

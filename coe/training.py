@@ -1,0 +1,49 @@
+"""`coe experts train`: train one expert on a labelled folder of images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import track
+
+from coe.config import CoeConfig
+from coe.core.imaging import ImageDecodeError, read_image
+from coe.ingest import discover
+from experts.base import ExpertCard, TrainableExpert, create_expert
+
+CLASS_FOLDERS = {"real": 0, "0_real": 0, "fake": 1, "1_fake": 1}
+
+
+class TrainingDataError(ValueError):
+    pass
+
+
+def train_expert_on_folder(
+    config: CoeConfig, card: ExpertCard, data: Path, out: Path | None, console: Console
+) -> dict:
+    expert = create_expert(card)
+    if not isinstance(expert, TrainableExpert):
+        raise TrainingDataError(f"expert {card.name!r} ({card.family}) is not trained by coe")
+    class_dirs = {data / folder: label for folder, label in CLASS_FOLDERS.items() if (data / folder).is_dir()}
+    if set(class_dirs.values()) != {0, 1}:
+        raise TrainingDataError(
+            f"{data} needs a real/ and a fake/ subfolder (or 0_real/ and 1_fake/); found "
+            f"{sorted(p.name for p in data.iterdir() if p.is_dir()) if data.is_dir() else 'no folder'}"
+        )
+    images, labels, skipped = [], [], {}
+    items = [(item, label) for folder, label in class_dirs.items() for item in discover([folder])]
+    for item, label in track(items, description="reading training images", console=console):
+        try:
+            images.append(read_image(item.path, config.ingest).pixels)
+            labels.append(label)
+        except ImageDecodeError as error:
+            skipped[item.path] = error.error.code.value
+    if skipped:
+        console.print(f"[yellow]skipped {len(skipped)} unreadable file(s); see the report's `skipped`")
+    if len(set(labels)) < 2:
+        raise TrainingDataError(f"{data}: need readable real and fake images, got {len(labels)} image(s)")
+    destination = out or config.resolve_in_home(card.weights or f"experts/{card.name}")
+    console.print(f"training {card.name} on {labels.count(0)} real and {labels.count(1)} fake images")
+    expert.fit(images, labels).save(destination)
+    return {"saved_to": str(destination), "meta": expert.meta, "skipped": skipped}

@@ -1,0 +1,4 @@
+"""Built-in expert families; importing this package registers them (experts.base stays free of
+side effects)."""
+
+from experts import dct, residual, spectrum  # noqa: F401

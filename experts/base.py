@@ -1,0 +1,127 @@
+"""The Expert contract, the expert card (YAML -> pydantic), and the registry of expert families.
+
+A family is a class registered with `@register_expert("family")`; a card names a family, its
+trained weights and its cost. `create_expert(card)` is the only way the rest of coe builds one,
+as open_clip's `create_model` is for models."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from coe.core.records import ExpertOutput
+
+Capability = Literal["detect", "localize", "explain"]
+
+
+class Resources(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    memory_mb: int = 512
+
+
+class ExpertCard(BaseModel):
+    """What a YAML card in configs/experts/ says about one configured expert."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[a-z][a-z0-9_\-]*$")
+    family: str
+    version: str = "1"
+    description: str = ""
+    capabilities: list[Capability] = ["detect"]
+    subjects: list[str] = []
+    cost: float = Field(default=1.0, ge=0.0, description="relative cost per image (CPU ms, measured)")
+    resources: Resources = Resources()
+    weights: str | None = Field(
+        default=None, description="trained weights: a folder path; relative paths resolve in COE home"
+    )
+    threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    params: dict[str, Any] = {}
+
+
+class ExpertNotTrainedError(RuntimeError):
+    pass
+
+
+class Expert(ABC):
+    """One forensic detector. Inputs are RGB uint8 arrays (H, W, 3) at the image's own size:
+    frequency experts must see the original pixels, so no resizing happens before an expert."""
+
+    family: ClassVar[str]
+    Params: ClassVar[type[BaseModel]]
+
+    def __init__(self, card: ExpertCard):
+        self.card = card
+        self.params = self.Params.model_validate(card.params)
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @abstractmethod
+    def predict_proba(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """P(fake) for each image, shape (n,)."""
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[ExpertOutput]:
+        start = time.perf_counter()
+        probabilities = self.predict_proba(images)
+        per_image_ms = 1000.0 * (time.perf_counter() - start) / max(len(images), 1)
+        return [
+            ExpertOutput(
+                expert=self.name,
+                p_fake=float(p),
+                label="fake" if p >= self.card.threshold else "real",
+                latency_ms=per_image_ms,
+            )
+            for p in probabilities
+        ]
+
+
+class TrainableExpert(Expert):
+    """An expert whose weights coe trains itself (`coe experts train`)."""
+
+    @abstractmethod
+    def fit(self, images: Sequence[np.ndarray], labels: np.ndarray) -> TrainableExpert:
+        """Train on images with labels 1 = fake, 0 = real; returns self."""
+
+    @abstractmethod
+    def save(self, folder: Path) -> None: ...
+
+    @abstractmethod
+    def load(self, folder: Path) -> TrainableExpert: ...
+
+
+_REGISTRY: dict[str, type[Expert]] = {}
+
+
+def register_expert(family: str) -> Callable[[type[Expert]], type[Expert]]:
+    def decorate(cls: type[Expert]) -> type[Expert]:
+        if family in _REGISTRY:
+            raise ValueError(f"expert family {family!r} registered twice")
+        cls.family = family
+        _REGISTRY[family] = cls
+        return cls
+
+    return decorate
+
+
+def expert_families() -> dict[str, type[Expert]]:
+    import experts  # noqa: F401  (importing the package registers the built-in families)
+
+    return dict(_REGISTRY)
+
+
+def create_expert(card: ExpertCard) -> Expert:
+    families = expert_families()
+    if card.family not in families:
+        raise KeyError(
+            f"expert {card.name!r}: unknown family {card.family!r}; known: {', '.join(sorted(families))}"
+        )
+    return families[card.family](card)

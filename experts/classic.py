@@ -1,0 +1,111 @@
+"""Experts made of a hand-crafted forensic descriptor and a scikit-learn classifier.
+
+Subclasses define `describe(image) -> 1-D float vector`; this base trains, calibrates, saves and
+loads the classifier, and records what it was trained on (data hash, metrics, version)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import joblib
+import numpy as np
+import sklearn
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, roc_auc_score
+from sklearn.model_selection import train_test_split
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from experts.base import ExpertNotTrainedError, TrainableExpert
+
+MODEL_FILE = "model.joblib"
+META_FILE = "meta.json"
+
+
+def training_data_hash(images: Sequence[np.ndarray], labels: np.ndarray) -> str:
+    """sha256 over every training image's pixels and label, in order."""
+    digest = hashlib.sha256()
+    for image, label in zip(images, labels, strict=True):
+        digest.update(np.ascontiguousarray(image).tobytes())
+        digest.update(bytes([int(label)]))
+    return digest.hexdigest()
+
+
+class DescriptorExpert(TrainableExpert):
+    """Descriptor + standardisation + logistic regression (C from the card's params)."""
+
+    def __init__(self, card):
+        super().__init__(card)
+        self.classifier: Pipeline | None = None
+        self.meta: dict = {}
+
+    def describe(self, image: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def describe_batch(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        return np.stack([self.describe(image) for image in images]).astype(np.float64)
+
+    def _new_classifier(self) -> Pipeline:
+        regularisation = getattr(self.params, "C", 1.0)
+        return make_pipeline(StandardScaler(), LogisticRegression(C=regularisation, max_iter=2000))
+
+    def fit(self, images: Sequence[np.ndarray], labels: np.ndarray) -> DescriptorExpert:
+        labels = np.asarray(labels, dtype=int)
+        if set(np.unique(labels)) != {0, 1}:
+            raise ValueError(f"expert {self.name!r} needs both real (0) and fake (1) training images")
+        descriptors = self.describe_batch(images)
+        train_x, val_x, train_y, val_y = train_test_split(
+            descriptors, labels, test_size=0.25, random_state=0, stratify=labels
+        )
+        held_out = self._new_classifier().fit(train_x, train_y)
+        val_p = held_out.predict_proba(val_x)[:, 1]
+        self.classifier = self._new_classifier().fit(descriptors, labels)
+        self.meta = {
+            "name": self.name,
+            "family": self.family,
+            "version": self.card.version,
+            "params": self.params.model_dump(),
+            "training_data_hash": training_data_hash(images, labels),
+            "n_train": {"real": int((labels == 0).sum()), "fake": int((labels == 1).sum())},
+            "metrics": {
+                "holdout_accuracy": float(accuracy_score(val_y, val_p >= 0.5)),
+                "holdout_auc": float(roc_auc_score(val_y, val_p)),
+                "holdout_size": len(val_y),
+            },
+            "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "versions": {"scikit-learn": sklearn.__version__, "python": platform.python_version()},
+        }
+        return self
+
+    def predict_proba(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        if self.classifier is None:
+            raise ExpertNotTrainedError(
+                f"expert {self.name!r} has no trained weights: run `coe experts train {self.name} --data DIR`"
+            )
+        return self.classifier.predict_proba(self.describe_batch(images))[:, 1]
+
+    def save(self, folder: Path) -> None:
+        if self.classifier is None:
+            raise ExpertNotTrainedError(f"expert {self.name!r} is not trained; nothing to save")
+        folder.mkdir(parents=True, exist_ok=True)
+        joblib.dump(self.classifier, folder / MODEL_FILE)
+        (folder / META_FILE).write_text(json.dumps(self.meta, indent=2))
+
+    def load(self, folder: Path) -> DescriptorExpert:
+        model_file, meta_file = folder / MODEL_FILE, folder / META_FILE
+        if not model_file.exists() or not meta_file.exists():
+            raise ExpertNotTrainedError(
+                f"expert {self.name!r}: no trained weights in {folder} "
+                f"(expected {MODEL_FILE} and {META_FILE}); run `coe experts train {self.name} --data DIR`"
+            )
+        meta = json.loads(meta_file.read_text())
+        if meta.get("family") != self.family:
+            raise ValueError(f"{folder} holds a {meta.get('family')!r} model, not {self.family!r}")
+        self.classifier = joblib.load(model_file)
+        self.meta = meta
+        return self

@@ -1,0 +1,37 @@
+"""DCT expert (Frank et al. 2020, "Leveraging frequency analysis for deep fake image
+recognition"): the 8x8 block DCT of the grey image, summarised per frequency position as the
+mean log-magnitude over all blocks. Upsampling leaves periodic energy at fixed positions
+(period 2 -> index 7, period 4 -> index 4) that natural images do not have."""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from scipy import fft
+
+from experts.base import register_expert
+from experts.classic import DescriptorExpert
+from experts.spectrum import centre_crop, grey_pixels
+
+
+class DctParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    block: int = Field(default=8, ge=2, description="side of the DCT blocks")
+    max_side: int = Field(default=1024, ge=16, description="larger images are centre-cropped to this")
+    C: float = Field(default=1.0, gt=0.0, description="inverse regularisation of the logistic regression")
+
+
+@register_expert("dct")
+class DctExpert(DescriptorExpert):
+    Params = DctParams
+
+    def describe(self, image: np.ndarray) -> np.ndarray:
+        block = self.params.block
+        grey = centre_crop(grey_pixels(image), self.params.max_side, multiple=block)
+        rows, cols = grey.shape[0] // block, grey.shape[1] // block
+        blocks = grey.reshape(rows, block, cols, block).transpose(0, 2, 1, 3)
+        coefficients = fft.dctn(blocks, axes=(2, 3), norm="ortho")
+        # The floor sits below uint8 quantisation noise, so empty coefficients do not dominate the mean.
+        mean_log_magnitude = np.log(np.abs(coefficients) + 0.05).mean(axis=(0, 1))
+        # The DC position only carries brightness.
+        return mean_log_magnitude.ravel()[1:]

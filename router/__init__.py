@@ -1,0 +1,1 @@
+"""Routers and the features they read: CLIP embeddings, query-level routing, artifacts."""

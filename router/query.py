@@ -1,0 +1,112 @@
+"""Query-level routing (Bench-CoE): learn, per expert, P(expert is right | image features) from
+benchmark outcomes, then send each image to the expert with the best P(correct) - lambda * cost.
+
+Follows scikit-learn's estimator contract: the constructor stores parameters, `fit` returns self."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+from sklearn.base import BaseEstimator, clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from coe.core.records import RankedExpert, RoutingDecision
+
+
+def correctness_model(kind: Literal["logreg", "lightgbm"], random_state: int) -> BaseEstimator:
+    if kind == "logreg":
+        return make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=3000))
+    from lightgbm import LGBMClassifier
+
+    # Small trees and bins: outcome tables are a few thousand rows, and this stays ~1 s on 2 cores.
+    return LGBMClassifier(
+        n_estimators=150, learning_rate=0.05, num_leaves=15, max_bin=63, min_child_samples=10,
+        subsample=0.8, subsample_freq=1, colsample_bytree=0.5, random_state=random_state, verbose=-1,
+    )
+
+
+class QueryRouter(BaseEstimator):
+    level = "query"
+
+    def __init__(
+        self,
+        model: Literal["logreg", "lightgbm"] = "logreg",
+        cost_weight: float = 0.0,
+        abstain_below: float | None = None,
+        random_state: int = 0,
+    ):
+        self.model = model
+        self.cost_weight = cost_weight
+        self.abstain_below = abstain_below
+        self.random_state = random_state
+
+    def fit(
+        self, features: np.ndarray, correct: np.ndarray, experts: Sequence[str], costs: Sequence[float]
+    ) -> QueryRouter:
+        """features (n, d); correct (n, k) booleans, column j = was expert j right on image i."""
+        correct = np.asarray(correct, dtype=bool)
+        if correct.shape != (len(features), len(experts)) or len(costs) != len(experts):
+            raise ValueError(
+                f"outcomes {correct.shape} do not match {len(features)} images x {len(experts)} experts"
+            )
+        self.experts_ = list(experts)
+        self.costs_ = np.asarray(costs, dtype=float)
+        template = correctness_model(self.model, self.random_state)
+        # An expert that was always right (or always wrong) gets a constant: a classifier needs two classes.
+        self.models_ = [
+            clone(template).fit(features, column) if 0 < column.sum() < len(column) else float(column.mean())
+            for column in correct.T
+        ]
+        return self
+
+    def predict_correct(self, features: np.ndarray) -> np.ndarray:
+        columns = [
+            np.full(len(features), model) if isinstance(model, float) else model.predict_proba(features)[:, 1]
+            for model in self.models_
+        ]
+        return np.stack(columns, axis=1)
+
+    def utilities(self, p_correct: np.ndarray) -> np.ndarray:
+        return p_correct - self.cost_weight * self.relative_costs()
+
+    def choose(self, features: np.ndarray) -> np.ndarray:
+        """Index of the chosen expert for each image (ties go to the earlier expert)."""
+        return self.utilities(self.predict_correct(features)).argmax(axis=1)
+
+    def relative_costs(self) -> np.ndarray:
+        """Costs scaled so the most expensive expert costs 1: lambda then reads in P(correct) units."""
+        return self.costs_ / self.costs_.max() if self.costs_.max() > 0 else self.costs_
+
+    def decide(self, features: np.ndarray, router_id: str) -> list[RoutingDecision]:
+        p_correct = self.predict_correct(features)
+        utilities = self.utilities(p_correct)
+        decisions = []
+        for row_p, row_u in zip(p_correct, utilities, strict=True):
+            order = np.argsort(-row_u, kind="stable")
+            ranked = [
+                RankedExpert(
+                    expert=self.experts_[j], p_correct=float(row_p[j]), cost=float(self.costs_[j]),
+                    utility=float(row_u[j]),
+                )
+                for j in order
+            ]
+            best = ranked[0]
+            abstain = self.abstain_below is not None and best.p_correct < self.abstain_below
+            reason = (
+                f"{best.expert} has the best predicted P(correct)={best.p_correct:.2f}"
+                + (f" - {self.cost_weight:g} x cost" if self.cost_weight else "")
+                + (f" (next: {ranked[1].expert} {ranked[1].p_correct:.2f})" if len(ranked) > 1 else "")
+            )
+            if abstain:
+                reason = f"abstained: best P(correct)={best.p_correct:.2f} < {self.abstain_below:g}; " + reason
+            decisions.append(
+                RoutingDecision(
+                    router_id=router_id, level="query", ranked=ranked, chosen=best.expert, abstained=abstain,
+                    reason=reason,
+                )
+            )
+        return decisions
