@@ -10,7 +10,11 @@ byte-identical images and manifest."""
 from __future__ import annotations
 
 import csv
+import inspect
 import json
+import os
+import shutil
+import zlib
 from importlib import resources
 from importlib.util import find_spec
 from pathlib import Path
@@ -23,8 +27,24 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from benchmarks.simulators import SIMULATORS
 
 Split = Literal["expert_train", "router_train", "test"]
-MANIFEST_COLUMNS = ("path", "label", "subject", "generator", "mask_path", "split", "source")
 REAL_GENERATOR = "real"
+
+
+class ManifestRow(BaseModel):
+    """One line of manifest.csv; paths are relative to the benchmark folder."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str
+    label: Literal["real", "fake"]
+    subject: str
+    generator: str
+    mask_path: str = Field(default="", description="ground-truth region of a local edit; empty if none")
+    split: Split
+    source: str = Field(description="the shipped photograph the crop comes from")
+
+
+MANIFEST_COLUMNS = tuple(ManifestRow.model_fields)
+MANIFEST_FILE = "manifest.csv"
 
 
 class SourcePhoto(BaseModel):
@@ -67,6 +87,16 @@ SOURCE_PHOTOS = (
 )
 
 
+def split_sizes(total: int, fractions: dict[Split, float]) -> dict[Split, int]:
+    """Largest-remainder rounding, so the sizes add up to `total` exactly."""
+    exact = {split: total * fraction for split, fraction in fractions.items()}
+    sizes = {split: int(np.floor(value)) for split, value in exact.items()}
+    by_remainder = sorted(exact, key=lambda split: (sizes[split] - exact[split], list(exact).index(split)))
+    for split in by_remainder[: total - sum(sizes.values())]:
+        sizes[split] += 1
+    return sizes
+
+
 class BuiltinBenchmarkConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     seed: int = 0
@@ -90,22 +120,19 @@ class BuiltinBenchmarkConfig(BaseModel):
         return generators
 
     @model_validator(mode="after")
-    def _fractions_cover_everything(self) -> BuiltinBenchmarkConfig:
+    def _splits_are_usable(self) -> BuiltinBenchmarkConfig:
         if any(fraction < 0 for fraction in self.split_fractions.values()):
             raise ValueError("split fractions must be non-negative")
         if not np.isclose(sum(self.split_fractions.values()), 1.0):
             raise ValueError(f"split fractions must sum to 1, got {self.split_fractions}")
+        reals = split_sizes(self.n_real, self.split_fractions)
+        fakes = split_sizes(self.fakes_per_generator, self.split_fractions)
+        starved = [split for split in self.split_fractions if fakes[split] and not reals[split]]
+        if starved:
+            raise ValueError(
+                f"splits {starved} would get fakes but no real crop to make them from; raise n_real"
+            )
         return self
-
-
-def split_sizes(total: int, fractions: dict[Split, float]) -> dict[Split, int]:
-    """Largest-remainder rounding, so the sizes add up to `total` exactly."""
-    exact = {split: total * fraction for split, fraction in fractions.items()}
-    sizes = {split: int(np.floor(value)) for split, value in exact.items()}
-    by_remainder = sorted(exact, key=lambda split: (sizes[split] - exact[split], list(exact).index(split)))
-    for split in by_remainder[: total - sum(sizes.values())]:
-        sizes[split] += 1
-    return sizes
 
 
 def _photo_file(photo: SourcePhoto) -> Path | None:
@@ -156,76 +183,111 @@ def _save_png(pixels: np.ndarray, path: Path) -> None:
     Image.fromarray(pixels).save(path, format="PNG", compress_level=1)
 
 
-README = """# coe built-in benchmark (SIMULATED artifacts)
+def _readme(config: BuiltinBenchmarkConfig) -> str:
+    def summary(generator: str) -> str:
+        """The first paragraph of the simulator's docstring, on one line."""
+        return " ".join(inspect.cleandoc(SIMULATORS[generator].__doc__).split("\n\n")[0].split())
 
-The fakes here are NOT made by real generative models. Each is a real photograph crop with one
-simulated generator fingerprint imprinted by `benchmarks.simulators`:
+    fingerprints = "\n".join(f"- {generator}: {summary(generator)}" for generator in config.generators)
+    return f"""# coe built-in benchmark: SIMULATED artifacts
 
-- gan_upsample: transposed-convolution checkerboard (periodic Nyquist / half-Nyquist peaks);
-- diffusion_smooth: sensor noise smoothed away and replaced by a correlated synthetic texture;
-- inpaint_local: an elliptical region re-synthesised from an over-smoothed low-resolution
-  version (the ground-truth region is in masks/).
+The fakes here are NOT made by real generative models. Each is a crop of a real photograph with
+one simulated generator fingerprint imprinted by `benchmarks.simulators`:
+
+{fingerprints}
 
 Scores on this benchmark say whether an expert sees that fingerprint; they say nothing about
 real-world generators. Real images are crops of photographs that installed Python packages ship
-(scikit-image, scikit-learn, matplotlib); see the `source` column of manifest.csv.
+(scikit-image, scikit-learn, matplotlib): see the `source` column of manifest.csv. Ground-truth
+regions of local edits are under masks/.
 
 A real crop and the fakes made from it always share a split: `expert_train` trains the experts,
 `router_train` the router, `test` evaluates.
+
+## Configuration
+
+```json
+{json.dumps(config.model_dump(), indent=2)}
+```
 """
 
 
 def build_builtin_benchmark(out_dir: Path, config: BuiltinBenchmarkConfig | None = None) -> Path:
-    """Write the benchmark into `out_dir` (must be empty or absent); returns the manifest path."""
+    """Write the benchmark into `out_dir` (absent or empty); returns its manifest.
+
+    It is written into a hidden sibling folder and moved into place once complete, so an
+    interrupted build never leaves a half-written benchmark where a finished one is expected."""
     config = config or BuiltinBenchmarkConfig()
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} is not empty; the benchmark is only written into a fresh folder")
+    staging = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        _write_benchmark(staging, config)
+        staging.replace(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir / MANIFEST_FILE
+
+
+def _write_benchmark(out_dir: Path, config: BuiltinBenchmarkConfig) -> None:
     photos = _load_photos(config.image_size)
     order_rng = _rng(config.seed, 0, 0)
     crop_photo = order_rng.permutation(np.arange(config.n_real) % len(photos))
-    crop_split: list[Split] = list(
-        order_rng.permutation(
-            [split for split, size in split_sizes(config.n_real, config.split_fractions).items() for _ in range(size)]
-        )
-    )
+    real_counts = split_sizes(config.n_real, config.split_fractions)
+    crop_split = [
+        str(split) for split in order_rng.permutation([s for s, n in real_counts.items() for _ in range(n)])
+    ]
 
-    rows = []
+    rows: list[ManifestRow] = []
     reals = []
     for index in range(config.n_real):
         photo, pixels = photos[crop_photo[index]]
         real = _real_crop(pixels, config.image_size, config.max_crop_scale, _rng(config.seed, 1, index))
         reals.append(real)
-        path = f"real/{index:05d}.png"
-        _save_png(real, out_dir / path)
-        rows.append((path, "real", photo.subject, REAL_GENERATOR, "", crop_split[index], photo.name))
+        row = ManifestRow(
+            path=f"real/{index:05d}.png",
+            label="real",
+            subject=photo.subject,
+            generator=REAL_GENERATOR,
+            split=crop_split[index],
+            source=photo.name,
+        )
+        _save_png(real, out_dir / row.path)
+        rows.append(row)
 
-    crops_by_split = {split: [i for i in range(config.n_real) if crop_split[i] == split] for split in config.split_fractions}
+    crops_by_split = {
+        split: [i for i, s in enumerate(crop_split) if s == split] for split in config.split_fractions
+    }
     fake_counts = split_sizes(config.fakes_per_generator, config.split_fractions)
-    for generator_index, generator in enumerate(config.generators):
-        simulate = SIMULATORS[generator]
+    for generator_number, generator in enumerate(config.generators):
+        stream = zlib.crc32(generator.encode())
         fake_index = 0
         for split, crops in crops_by_split.items():
-            # Consecutive generators start at different crops, so a crop rarely feeds two of them.
             for k in range(fake_counts[split]):
-                if not crops:
-                    raise ValueError(f"split {split!r} has fakes but no real crops; raise n_real")
-                crop = crops[(generator_index * fake_counts[split] + k) % len(crops)]
+                # Each generator starts further along the split's crops, so a crop rarely feeds two.
+                crop = crops[(generator_number * fake_counts[split] + k) % len(crops)]
                 photo, _ = photos[crop_photo[crop]]
-                fake, mask = simulate(reals[crop], _rng(config.seed, 2 + generator_index, fake_index))
-                path = f"fake/{generator}/{fake_index:05d}.png"
-                _save_png(fake, out_dir / path)
-                mask_path = ""
+                fake, mask = SIMULATORS[generator](reals[crop], _rng(config.seed, stream, fake_index))
+                row = ManifestRow(
+                    path=f"fake/{generator}/{fake_index:05d}.png",
+                    label="fake",
+                    subject=photo.subject,
+                    generator=generator,
+                    split=split,
+                    source=photo.name,
+                    mask_path="" if mask is None else f"masks/{generator}/{fake_index:05d}.png",
+                )
+                _save_png(fake, out_dir / row.path)
                 if mask is not None:
-                    mask_path = f"masks/{generator}/{fake_index:05d}.png"
-                    _save_png(mask.astype(np.uint8) * 255, out_dir / mask_path)
-                rows.append((path, "fake", photo.subject, generator, mask_path, split, photo.name))
+                    _save_png(mask.astype(np.uint8) * 255, out_dir / row.mask_path)
+                rows.append(row)
                 fake_index += 1
 
-    manifest = out_dir / "manifest.csv"
-    with manifest.open("w", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(MANIFEST_COLUMNS)
-        writer.writerows(rows)
-    (out_dir / "README.md").write_text(README + "\n## Configuration\n\n```json\n" + json.dumps(config.model_dump(), indent=2) + "\n```\n")
-    return manifest
+    with (out_dir / MANIFEST_FILE).open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(row.model_dump() for row in rows)
+    (out_dir / "README.md").write_text(_readme(config))

@@ -70,7 +70,10 @@ def evaluate_complementarity(manifest: Path, experts: Sequence[str] = EXPERTS) -
     rows = read_manifest(manifest)
     train_rows = [row for row in rows if row["split"] == "expert_train"]
     test_rows = [row for row in rows if row["split"] == "test"]
-    train_images, test_images = load_images(manifest.parent, train_rows), load_images(manifest.parent, test_rows)
+    train_images, test_images = (
+        load_images(manifest.parent, train_rows),
+        load_images(manifest.parent, test_rows),
+    )
     test_labels = fake_labels(test_rows)
 
     correct: dict[str, np.ndarray] = {}
@@ -82,10 +85,17 @@ def evaluate_complementarity(manifest: Path, experts: Sequence[str] = EXPERTS) -
 
     generators = np.array([row["generator"] for row in test_rows])
     groups = {REAL_GENERATOR: generators == REAL_GENERATOR}
-    groups |= {generator: generators == generator for generator in dict.fromkeys(generators) if generator != REAL_GENERATOR}
+    groups |= {
+        generator: generators == generator
+        for generator in dict.fromkeys(generators)
+        if generator != REAL_GENERATOR
+    }
     groups[OVERALL] = np.ones(len(test_rows), dtype=bool)
     return ComplementarityReport(
-        accuracy={name: {group: float(hits[members].mean()) for group, members in groups.items()} for name, hits in correct.items()},
+        accuracy={
+            name: {group: float(hits[members].mean()) for group, members in groups.items()}
+            for name, hits in correct.items()
+        },
         test_counts={group: int(members.sum()) for group, members in groups.items()},
     )
 
@@ -99,8 +109,10 @@ def main() -> None:
         start = time.perf_counter()
         report = evaluate_complementarity(manifest)
         evaluated_s = time.perf_counter() - start
-    print(f"built-in benchmark (simulated artifacts, seed {config.seed}) built in {built_s:.1f} s; "
-          f"experts trained on expert_train and scored on test in {evaluated_s:.1f} s")
+    print(
+        f"built-in benchmark (simulated artifacts, seed {config.seed}) built in {built_s:.1f} s; "
+        f"experts trained on expert_train and scored on test in {evaluated_s:.1f} s"
+    )
     print("accuracy on the test split (real = 1 - false-positive rate; oracle = any expert right):")
     print(report.table())
     generators = [group for group in report.test_counts if group not in (REAL_GENERATOR, OVERALL)]

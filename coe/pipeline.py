@@ -114,14 +114,12 @@ class RoutePipeline:
         self.routing = FixedRouting(expert) if expert else LearnedRouting(config, self.pool, say)
         calibration = self.routing.meta.calibration if self.routing.meta else {}
         self.merger = Merger(config.merger, calibration)
-
-    @property
-    def identity(self) -> dict:
-        return {
+        # Loads every expert now, so that model loading is setup time, not routing time.
+        self.identity = {
             **self.routing.identity,
             "experts": self.pool.identities(),
-            "merger": self.config.merger.model_dump(),
-            "ingest": self.config.ingest.model_dump(),
+            "merger": config.merger.model_dump(),
+            "ingest": config.ingest.model_dump(),
         }
 
     def analyse(self, images: list[tuple[str, DecodedImage]]) -> list[Verdict]:

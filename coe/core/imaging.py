@@ -53,7 +53,7 @@ class DecodeLimits(BaseModel):
 
     max_file_bytes: int = Field(100 * 2**20, gt=0)
     max_pixels: int = Field(80_000_000, gt=0)
-    min_side: int = Field(16, ge=1)
+    min_side: int = Field(32, ge=1)  # the residual expert compares 16 px patches at two scales
     # A decompression bomb is a tiny file that inflates to a huge pixel buffer. Real photos
     # compress to well under 100 pixels per byte and zlib cannot exceed ~1030 bytes of output
     # per byte of input, so ratios above this only come from flat, machine-made images.
