@@ -28,11 +28,18 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class FeaturesConfig(ClipSpec):
+    descriptors: list[str] = Field(
+        default=["spectrum", "dct", "residual"],
+        description="experts whose forensic descriptor is appended to the CLIP embedding for routing",
+    )
+
+
 class RouterConfig(StrictModel):
     path: Path | None = Field(
         default=None, description="router artifact; null = the default router in COE home, built on first use"
     )
-    model: Literal["logreg", "lightgbm"] = "logreg"
+    model: Literal["logreg", "lightgbm"] = "lightgbm"
     cost_weight: float = Field(default=0.0, ge=0.0, description="lambda in P(correct) - lambda * cost")
     abstain_below: float | None = Field(
         default=None, ge=0.0, le=1.0, description="answer 'uncertain' when the best P(correct) is lower"
@@ -56,7 +63,7 @@ class CoeConfig(StrictModel):
     experts: list[str] = Field(default=["spectrum", "dct", "residual"], min_length=1)
     experts_dir: Path = Path("experts")
     ingest: DecodeLimits = DecodeLimits()
-    features: ClipSpec = ClipSpec()
+    features: FeaturesConfig = FeaturesConfig()
     router: RouterConfig = RouterConfig()
     merger: MergerConfig = MergerConfig()
     run: RunConfig = RunConfig()
@@ -66,6 +73,9 @@ class CoeConfig(StrictModel):
         self.home = Path(os.environ.get("COE_HOME") or self.home).expanduser()
         if not self.experts_dir.is_absolute():
             self.experts_dir = CONFIG_DIR / self.experts_dir
+        unknown = sorted(set(self.features.descriptors) - set(self.experts))
+        if unknown:
+            raise ValueError(f"features.descriptors names experts that are not enabled: {unknown}")
         return self
 
     def resolve_in_home(self, path: str | Path) -> Path:
@@ -122,13 +132,18 @@ def load_config(config_file: Path | None = None, overrides: list[str] | tuple[st
     layers += [(f"--set {assignment}", parse_override(assignment)) for assignment in overrides]
     merged: dict[str, Any] = {}
     for source, layer in layers:
-        # Validate each layer alone first, so an error names the file that holds the bad key.
-        try:
-            CoeConfig.model_validate(_merge(merged, layer))
-        except ValidationError as error:
-            raise ConfigError(_describe(error, source)) from None
+        # Validate layer by layer, so an error names the file that holds the bad key. Errors
+        # between keys (no location) may be fixed by a later layer, so they wait for the end.
         merged = _merge(merged, layer)
-    return CoeConfig.model_validate(merged)
+        try:
+            CoeConfig.model_validate(merged)
+        except ValidationError as error:
+            if any(item["loc"] for item in error.errors()):
+                raise ConfigError(_describe(error, source)) from None
+    try:
+        return CoeConfig.model_validate(merged)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, " < ".join(source for source, _ in layers))) from None
 
 
 def load_expert_cards(config: CoeConfig) -> dict[str, ExpertCard]:

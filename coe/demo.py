@@ -33,6 +33,7 @@ def run_demo(
     benchmark: BuiltinBenchmarkConfig | None = None,
     show_progress: bool = True,
 ) -> dict[str, dict[str, float]]:
+    out_dir = out_dir.resolve()  # the test manifest lists absolute paths
     home = out_dir / "home"
     for trained in ("experts", "routers"):  # the demo always trains; the feature cache may stay
         shutil.rmtree(home / trained, ignore_errors=True)

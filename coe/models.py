@@ -14,12 +14,13 @@ import numpy as np
 
 from benchmarks.builtin import BuiltinBenchmarkConfig, build_builtin_benchmark
 from benchmarks.metrics import correctness, routing_comparison
-from coe.config import CoeConfig, load_expert_cards
+from coe.config import CoeConfig, ConfigError, load_expert_cards
 from coe.core.imaging import read_image
 from experts.base import Expert, ExpertCard, TrainableExpert, create_expert
+from experts.classic import DescriptorExpert
 from router.artifact import RouterMeta, load_router, save_router
 from router.calibration import PlattCalibration
-from router.features import ClipFeatureExtractor, FeatureCache, embed_with_cache
+from router.features import ClipFeatureExtractor, FeatureCache, RoutingFeatures, embed_with_cache
 from router.query import QueryRouter
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,19 @@ class ExpertPool:
         ]
 
 
+def routing_features(config: CoeConfig, cards: dict[str, ExpertCard]) -> RoutingFeatures:
+    """CLIP plus the configured experts' descriptors. A descriptor depends on the expert's
+    parameters, not on its training, so its identity is the card's version and parameters."""
+    descriptors = {}
+    for name in config.features.descriptors:
+        expert = create_expert(cards[name])
+        if not isinstance(expert, DescriptorExpert):
+            raise ConfigError(f"features.descriptors: expert {name!r} ({expert.family}) has no descriptor")
+        parameters = hashlib.sha256(expert.params.model_dump_json().encode()).hexdigest()[:8]
+        descriptors[name] = (f"{expert.card.version}:{parameters}", expert.describe_batch)
+    return RoutingFeatures(ClipFeatureExtractor(config.features), descriptors)
+
+
 def open_feature_cache(config: CoeConfig) -> FeatureCache:
     return FeatureCache(config.home / FEATURE_CACHE)
 
@@ -101,7 +115,7 @@ def expert_probabilities(pool: ExpertPool, names: list[str], images: list[np.nda
 def train_router(
     config: CoeConfig,
     pool: ExpertPool,
-    extractor: ClipFeatureExtractor,
+    extractor: RoutingFeatures,
     train: LabelledImages,
     evaluation: LabelledImages | None,
     out_folder: Path,
@@ -152,7 +166,7 @@ def build_default_models(
     config: CoeConfig,
     say: Callable[[str], None] = log.info,
     benchmark: BuiltinBenchmarkConfig | None = None,
-    extractor: ClipFeatureExtractor | None = None,
+    extractor: RoutingFeatures | None = None,
 ) -> Path:
     """Built-in benchmark -> train the configured experts that have no weights yet -> train the query router.
 
@@ -168,9 +182,9 @@ def build_default_models(
     for name in untrained:  # experts a user trained on their own data are kept
         say(f"training expert {name} on {len(expert_train.ids)} built-in images")
         create_expert(pool.cards[name]).fit(expert_train.pixels, expert_train.is_fake).save(pool.weights_folder(name))
-    extractor = extractor or ClipFeatureExtractor(config.features)
+    extractor = extractor or routing_features(config, pool.cards)
     router_folder = config.resolve_in_home(DEFAULT_ROUTER)
-    say(f"training the query-level router on CLIP features ({extractor.extractor_id})")
+    say(f"training the query-level router on {extractor.extractor_id}")
     train_router(
         config,
         pool,
@@ -182,7 +196,7 @@ def build_default_models(
     return router_folder
 
 
-def load_configured_router(config: CoeConfig, pool: ExpertPool, extractor: ClipFeatureExtractor, say):
+def load_configured_router(config: CoeConfig, pool: ExpertPool, extractor: RoutingFeatures, say):
     """The router named in the config, or the default one, built on first use."""
     folder = config.router.path or config.resolve_in_home(DEFAULT_ROUTER)
     if config.router.path is None and (pool.untrained() or not (folder / "router.json").exists()):

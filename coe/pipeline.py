@@ -20,9 +20,9 @@ from coe.core.records import ErrorCode, ErrorInfo, ExpertOutput, RoutingDecision
 from coe.ingest import IngestItem, discover
 from coe.ledger import Ledger, check_run_identity
 from coe.merger import Merger
-from coe.models import ExpertPool, load_configured_router, open_feature_cache
+from coe.models import ExpertPool, load_configured_router, open_feature_cache, routing_features
 from coe.results import RunSummary, summarize, write_results
-from router.features import ClipFeatureExtractor, FeatureCache, embed_with_cache
+from router.features import FeatureCache, embed_with_cache
 
 
 class PipelineError(RuntimeError):
@@ -40,7 +40,7 @@ class LearnedRouting:
     """CLIP features (cached on disk) -> the trained router's decisions."""
 
     def __init__(self, config: CoeConfig, pool: ExpertPool, say: Callable[[str], None]):
-        self.extractor = ClipFeatureExtractor(config.features)
+        self.extractor = routing_features(config, pool.cards)
         self.router, self.meta = load_configured_router(config, pool, self.extractor, say)
         self.cache: FeatureCache = open_feature_cache(config)
         self.n_embedded = 0

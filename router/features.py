@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
 
@@ -183,7 +183,7 @@ class FeatureCache:
 
 
 def embed_with_cache(
-    extractor: ClipFeatureExtractor, cache: FeatureCache, image_ids: Sequence[str], images: Sequence[np.ndarray]
+    extractor: ClipFeatureExtractor | RoutingFeatures, cache: FeatureCache, image_ids: Sequence[str], images: Sequence[np.ndarray]
 ) -> tuple[np.ndarray, int]:
     """Features for every image, embedding only those not cached; returns (features, n_embedded)."""
     cached = cache.get(extractor.extractor_id, image_ids)
@@ -194,3 +194,30 @@ def embed_with_cache(
         cache.put(extractor.extractor_id, new)
         cached.update(new)
     return np.stack([cached[image_id] for image_id in image_ids]), len(missing)
+
+
+Descriptor = Callable[[Sequence[np.ndarray]], np.ndarray]
+
+
+class RoutingFeatures:
+    """What the router reads: the CLIP embedding (content), followed by cheap forensic descriptors
+    (signal statistics such as a radial spectrum) that tell the router which artifacts an image
+    carries, and so which expert is likely to be right. Random-weight CLIP carries little of that."""
+
+    def __init__(self, clip: ClipFeatureExtractor, descriptors: dict[str, tuple[str, Descriptor]]):
+        self.clip = clip
+        self.descriptors = descriptors
+
+    @property
+    def extractor_id(self) -> str:
+        parts = [self.clip.extractor_id, *(f"{name}@{identity}" for name, (identity, _) in self.descriptors.items())]
+        return "+".join(parts)
+
+    @property
+    def random_weights(self) -> bool:
+        return self.clip.random_weights
+
+    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        parts = [self.clip.embed(images)]
+        parts += [np.asarray(describe(images), dtype=np.float32) for _, describe in self.descriptors.values()]
+        return np.concatenate(parts, axis=1)

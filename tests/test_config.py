@@ -57,12 +57,12 @@ def test_bad_set_option_names_itself():
 
 def test_expert_cards_are_validated_with_the_card_file_named(tmp_path):
     (tmp_path / "broken.yaml").write_text("name: broken\nfamily: dct\ncost: -1\nthreshhold: 0.5\n")
-    config = load_config(overrides=[f"experts_dir={tmp_path}", "experts=[broken]"])
+    config = load_config(overrides=[f"experts_dir={tmp_path}", "experts=[broken]", "features.descriptors=[]"])
     with pytest.raises(ConfigError) as error:
         load_expert_cards(config)
     message = str(error.value)
     assert f"{tmp_path / 'broken.yaml'}: threshhold: unknown key" in message
     assert f"{tmp_path / 'broken.yaml'}: cost: Input should be greater than or equal to 0" in message
-    config = load_config(overrides=[f"experts_dir={tmp_path}", "experts=[absent]"])
+    config = load_config(overrides=[f"experts_dir={tmp_path}", "experts=[absent]", "features.descriptors=[]"])
     with pytest.raises(ConfigError, match="absent.yaml does not exist; available cards: \\['broken'\\]"):
         load_expert_cards(config)

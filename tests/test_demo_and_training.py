@@ -30,6 +30,7 @@ def test_demo_trains_routes_and_compares_every_system(tmp_path, tiny_clip, train
     routed_rows = (tmp_path / "route" / "results.jsonl").read_text().splitlines()
     test_rows = (tmp_path / "test_manifest.csv").read_text().splitlines()[1:]
     assert len(routed_rows) == len(test_rows) > 0
+    assert all(json.loads(row)["error"] is None for row in routed_rows)
     meta = read_router_meta(tmp_path / "home" / "routers" / "default")
     assert meta.metrics["routed.accuracy"] == table["routed"]["accuracy"]
 

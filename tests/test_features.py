@@ -78,3 +78,27 @@ def test_cache_means_a_second_pass_embeds_nothing(tmp_path, tiny_clip):
     reopened = FeatureCache(tmp_path / "features.sqlite")
     assert set(reopened.get(extractor.extractor_id, ids)) == set(ids)
     assert reopened.get("open_clip/other/extractor", ids) == {}
+
+
+def test_routing_features_append_forensic_descriptors_and_name_them(tiny_clip):
+    from coe.config import load_config, load_expert_cards
+    from coe.models import routing_features
+
+    config = load_config(overrides=[f"features.weights=local-dir:{tiny_clip}", "features.descriptors=[spectrum]"])
+    features = routing_features(config, load_expert_cards(config))
+    batch = [image for image in images(3) if min(image.shape[:2]) >= 32]
+    vectors = features.embed(batch)
+    spectrum_bins = load_expert_cards(config)["spectrum"].params.get("n_bins", 48)
+    assert vectors.shape == (len(batch), 32 + spectrum_bins)
+    assert features.extractor_id.startswith(features.clip.extractor_id + "+spectrum@1:")
+    only_clip = routing_features(config.model_copy(update={"features": config.features.model_copy(
+        update={"descriptors": []})}), load_expert_cards(config))
+    assert only_clip.extractor_id == features.clip.extractor_id
+    assert np.allclose(vectors[:, :32], only_clip.embed(batch))
+
+
+def test_descriptors_must_name_enabled_experts():
+    from coe.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="features.descriptors names experts that are not enabled: \\['dct'\\]"):
+        load_config(overrides=["experts=[spectrum]", "features.descriptors=[dct]"])
