@@ -11,6 +11,7 @@ import platform
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Annotated
 
 import joblib
 import numpy as np
@@ -20,6 +21,8 @@ from sklearn.metrics import accuracy_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from experts.base import ExpertNotTrainedError, TrainableExpert
 
@@ -36,8 +39,22 @@ def training_data_hash(images: Sequence[np.ndarray], labels: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+MaxSide = Annotated[int, Field(ge=16, description="larger images are centre-cropped to this, never resized")]
+Regularisation = Annotated[float, Field(gt=0.0, description="inverse regularisation of the logistic regression")]
+
+
+class DescriptorParams(BaseModel):
+    """Parameters every descriptor expert has; families add their own or change the defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_side: MaxSide = 1024
+    C: Regularisation = 1.0
+
+
 class DescriptorExpert(TrainableExpert):
     """Descriptor + standardisation + logistic regression (C from the card's params)."""
+
+    Params = DescriptorParams
 
     def __init__(self, card):
         super().__init__(card)
@@ -51,8 +68,7 @@ class DescriptorExpert(TrainableExpert):
         return np.stack([self.describe(image) for image in images]).astype(np.float64)
 
     def _new_classifier(self) -> Pipeline:
-        regularisation = getattr(self.params, "C", 1.0)
-        return make_pipeline(StandardScaler(), LogisticRegression(C=regularisation, max_iter=2000))
+        return make_pipeline(StandardScaler(), LogisticRegression(C=self.params.C, max_iter=2000))
 
     def fit(self, images: Sequence[np.ndarray], labels: np.ndarray) -> DescriptorExpert:
         labels = np.asarray(labels, dtype=int)

@@ -10,11 +10,11 @@ blocks and barely move it."""
 from __future__ import annotations
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from scipy import fft
 
 from experts.base import register_expert
-from experts.classic import DescriptorExpert
+from experts.classic import DescriptorExpert, DescriptorParams
 from experts.pixels import centre_crop, grey_pixels
 
 # Added to |coefficient| before the log: about uint8 quantisation noise (0.29 rms per orthonormal
@@ -22,11 +22,8 @@ from experts.pixels import centre_crop, grey_pixels
 MAGNITUDE_FLOOR = 0.5
 
 
-class DctParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DctParams(DescriptorParams):
     block: int = Field(default=8, ge=2, description="side of the DCT blocks")
-    max_side: int = Field(default=1024, ge=16, description="larger images are centre-cropped to this")
-    C: float = Field(default=1.0, gt=0.0, description="inverse regularisation of the logistic regression")
 
 
 @register_expert("dct")

@@ -11,11 +11,11 @@ re-synthesised region shows up as a tail of patches even when the global spectru
 from __future__ import annotations
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from skimage.transform import downscale_local_mean
 
 from experts.base import register_expert
-from experts.classic import DescriptorExpert
+from experts.classic import DescriptorExpert, DescriptorParams
 from experts.pixels import centre_crop, grey_pixels
 
 QUANTILES = np.array([0.02, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.98])
@@ -24,13 +24,10 @@ MEDIAN = int(np.flatnonzero(QUANTILES == 0.5)[0])
 ENERGY_FLOOR = 0.05
 
 
-class ResidualParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ResidualParams(DescriptorParams):
     patch: int = Field(
         default=16, ge=4, multiple_of=2, description="side of the patches whose residual is measured"
     )
-    max_side: int = Field(default=1024, ge=16, description="larger images are centre-cropped to this")
-    C: float = Field(default=1.0, gt=0.0, description="inverse regularisation of the logistic regression")
 
 
 def neighbour_residual(grey: np.ndarray) -> np.ndarray:

@@ -7,21 +7,20 @@ Large images are centre-cropped instead, which keeps the spectrum's shape."""
 from __future__ import annotations
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from scipy import fft
 from scipy.signal.windows import hann
 
 from experts.base import register_expert
-from experts.classic import DescriptorExpert
+from experts.classic import DescriptorExpert, DescriptorParams, MaxSide, Regularisation
 from experts.pixels import centre_crop, grey_pixels
 
 
-class SpectrumParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SpectrumParams(DescriptorParams):
     n_bins: int = Field(default=48, ge=4, description="radial bins from DC to Nyquist")
-    max_side: int = Field(default=512, ge=16, description="larger images are centre-cropped to this")
+    max_side: MaxSide = 512
     # Strong regularisation: neighbouring radial bins are highly correlated.
-    C: float = Field(default=0.1, gt=0.0, description="inverse regularisation of the logistic regression")
+    C: Regularisation = 0.1
 
 
 @register_expert("spectrum")
