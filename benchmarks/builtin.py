@@ -135,20 +135,18 @@ class BuiltinBenchmarkConfig(BaseModel):
         return self
 
 
-def _photo_file(photo: SourcePhoto) -> Path | None:
-    if find_spec(photo.package) is None:
-        return None
-    path = Path(str(resources.files(photo.package).joinpath(photo.path)))
-    return path if path.is_file() else None
+def _photo_file(photo: SourcePhoto) -> Path:
+    # A missing photo is an error, not a skip: the benchmark must be the same for a seed everywhere.
+    path = Path(str(resources.files(photo.package).joinpath(photo.path))) if find_spec(photo.package) else None
+    if path is None or not path.is_file():
+        raise RuntimeError(f"the built-in benchmark needs {photo.name}; install the package {photo.package!r}")
+    return path
 
 
 def _load_photos(image_size: int) -> list[tuple[SourcePhoto, np.ndarray]]:
     photos = []
     for photo in SOURCE_PHOTOS:
-        path = _photo_file(photo)
-        if path is None:
-            continue
-        pixels = np.asarray(Image.open(path).convert("RGB"))
+        pixels = np.asarray(Image.open(_photo_file(photo)).convert("RGB"))
         if min(pixels.shape[:2]) >= image_size:
             photos.append((photo, pixels))
     if not photos:

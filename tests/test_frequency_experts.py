@@ -81,6 +81,14 @@ def test_descriptor_has_a_fixed_length_whatever_the_image_size(name):
 
 
 @pytest.mark.parametrize("name", EXPERTS)
+def test_small_and_flat_images_give_finite_descriptors(name):
+    # The smallest image the decoder lets through (32 px), flat or not: some spectrum rings are empty.
+    expert = create_expert(load_card(name))
+    for image in (np.full((32, 48, 3), 128, np.uint8), data.coffee()[:32, :32], np.zeros((64, 96, 3), np.uint8)):
+        assert np.isfinite(expert.describe(image)).all()
+
+
+@pytest.mark.parametrize("name", EXPERTS)
 def test_predicting_untrained_raises(name, tmp_path):
     expert = create_expert(load_card(name))
     with pytest.raises(ExpertNotTrainedError):

@@ -162,3 +162,21 @@ def test_cli_reports_a_bad_configuration_with_key_and_source(tmp_path, trained_c
     )
     assert result.returncode == 2
     assert "--set features.batchsize=3: features.batchsize: unknown key" in result.stderr
+
+
+def test_first_use_builds_the_default_models_once_and_says_so(tmp_path, tiny_clip):
+    from conftest import tiny_config
+    from rich.console import Console
+
+    config = tiny_config(tmp_path / "fresh-home", tiny_clip)
+    images = tmp_path / "in"
+    make_mixed_folder(images)
+    console = Console(record=True, width=200)
+    first = route(config, [images], tmp_path / "out1", console=console, show_progress=False)
+    assert "first use: no default models" in console.export_text()
+    assert (config.home / "routers/default/router.json").exists()
+    assert all((config.home / "experts" / name / "meta.json").exists() for name in config.experts)
+    assert first.analysed > 0
+    again = Console(record=True, width=200)
+    route(config, [images], tmp_path / "out2", console=again, show_progress=False)
+    assert "first use" not in again.export_text()
