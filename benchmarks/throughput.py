@@ -45,12 +45,12 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from coe.config import CoeConfig, ConfigError, load_config
-from coe.models import DEFAULT_ROUTER, FEATURE_CACHE, ExpertPool, build_default_models
+from coe.config import CoeConfig, ConfigError, load_config, load_expert_cards
+from coe.models import DEFAULT_ROUTER, FEATURE_CACHE, ExpertPool, build_default_models, routing_features
 from coe.pipeline import route
 from coe.results import RunSummary
 from router.artifact import META_FILE, read_router_meta
-from router.features import ClipFeatureExtractor
+from router.features import RoutingFeatures
 
 JPEG_QUALITY = 90
 BASELINE_SIZE = (224, 224)
@@ -140,7 +140,7 @@ def decode_baseline(folder: Path) -> Measurement:
     return Measurement("decode+resize 224 (PIL)", len(files), time.perf_counter() - start)
 
 
-def ensure_models(config: CoeConfig, extractor: ClipFeatureExtractor, console: Console) -> float | None:
+def ensure_models(config: CoeConfig, extractor: RoutingFeatures, console: Console) -> float | None:
     """Build the default experts and router in the home when missing; returns the seconds spent
     (None when all were there). Refuses a router trained on other features than configured."""
     router_folder = config.router.path or config.resolve_in_home(DEFAULT_ROUTER)
@@ -261,14 +261,14 @@ def main() -> None:
         + (f"(generated in {generate_s:.1f} s)" if generate_s is not None else "(reused)")
     )
 
-    extractor = ClipFeatureExtractor(config.features)
+    extractor = routing_features(config, load_expert_cards(config))
     start = time.perf_counter()
-    feature_dim = extractor.dim  # builds the CLIP model, as the cold run does lazily when routing
+    feature_dim = extractor.clip.dim  # builds the CLIP model, as the cold run does lazily when routing
     clip_build_s = time.perf_counter() - start
     build_s = ensure_models(config, extractor, console)
     console.print(
         f"models in {config.home}: " + (f"built in {build_s:.1f} s" if build_s is not None else "reused")
-        + f"; CLIP {extractor.extractor_id} ({feature_dim}-d): model built in {clip_build_s:.1f} s"
+        + f"; features {extractor.extractor_id} (CLIP {feature_dim}-d): model built in {clip_build_s:.1f} s"
     )
 
     baseline = decode_baseline(folder)
@@ -309,7 +309,7 @@ def main() -> None:
     if random_weights:
         console.print(
             "[bold red]CLIP ran with RANDOM weights (no pretrained weights offline): the timing is that of "
-            "the real backbone, the routing decisions are not meaningful."
+            "the real backbone; the routing decisions rest on the forensic descriptors."
         )
 
     report = {

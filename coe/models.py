@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
+from rich.progress import track
 
 from benchmarks.builtin import BuiltinBenchmarkConfig, build_builtin_benchmark
 from benchmarks.metrics import correctness, routing_comparison
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 DEFAULT_ROUTER = Path("routers/default")
 BENCHMARK_FOLDER = Path("benchmarks/builtin")
 FEATURE_CACHE = Path("features.sqlite")
+EMBED_CHUNK = 64
 
 
 def expert_identity(expert: Expert) -> str:
@@ -112,6 +115,15 @@ def expert_probabilities(pool: ExpertPool, names: list[str], images: list[np.nda
     return np.stack([pool.get(name).predict_proba(images) for name in names], axis=1)
 
 
+def _embed_all(extractor: RoutingFeatures, cache: FeatureCache, images: LabelledImages, what: str) -> np.ndarray:
+    """Features of every image, in chunks so that a progress bar can follow the CLIP embedding."""
+    starts = range(0, len(images.ids), EMBED_CHUNK)
+    return np.concatenate([
+        embed_with_cache(extractor, cache, images.ids[i : i + EMBED_CHUNK], images.pixels[i : i + EMBED_CHUNK])[0]
+        for i in track(starts, description=what, console=Console(stderr=True), transient=True)
+    ])
+
+
 def train_router(
     config: CoeConfig,
     pool: ExpertPool,
@@ -124,10 +136,8 @@ def train_router(
     names = list(pool.cards)
     cache = open_feature_cache(config)
     try:
-        features, _ = embed_with_cache(extractor, cache, train.ids, train.pixels)
-        eval_features = (
-            embed_with_cache(extractor, cache, evaluation.ids, evaluation.pixels)[0] if evaluation else None
-        )
+        features = _embed_all(extractor, cache, train, "router features (train)")
+        eval_features = _embed_all(extractor, cache, evaluation, "router features (eval)") if evaluation else None
     finally:
         cache.close()
     raw = expert_probabilities(pool, names, train.pixels)

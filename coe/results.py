@@ -115,6 +115,7 @@ def render_summary(summary: RunSummary, console: Console) -> None:
     table.add_row("loading models", f"{summary.setup_seconds:.1f} s")
     table.add_row("routing", f"{summary.seconds - summary.setup_seconds:.1f} s ({summary.paths_per_second:.1f} paths/s)")
     console.print(table)
+    console.print(f"results: {Path(summary.out_dir) / RESULTS_JSONL} and {Path(summary.out_dir) / RESULTS_CSV}")
     if summary.random_weights:
         console.print(
             "[bold red]Routing used CLIP features with RANDOM weights (no pretrained weights were available): "
