@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from contextlib import closing
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +27,6 @@ from router.features import FeatureCache, embed_with_cache
 
 class PipelineError(RuntimeError):
     """A problem with the whole run (configuration, models), as opposed to one bad image."""
-
-
-@dataclass
-class Analysed:
-    decision: RoutingDecision
-    features_id: str | None
-    timings_ms: dict[str, float]
 
 
 class LearnedRouting:
@@ -192,11 +185,6 @@ class RoutePipeline:
         self.routing.close()
 
 
-def _chunks(items: Sequence[IngestItem], size: int):
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def route(
     config: CoeConfig,
     inputs: Sequence[str | Path],
@@ -214,22 +202,8 @@ def route(
     setup_seconds = time.perf_counter() - started
     try:
         check_run_identity(out_dir, pipeline.identity, restart)
-        ledger = Ledger(out_dir)
-        done_before = sum(item.path in ledger for item in items)
-        todo = [item for item in items if item.path not in ledger]
-        if done_before:
-            console.print(f"resuming: {done_before} of {len(items)} paths were done by an earlier attempt")
-        progress = Progress(
-            TextColumn("[bold]routing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            console=console, disable=not show_progress,
-        )
-        with progress, ThreadPoolExecutor(config.run.decode_workers) as decoders:
-            task = progress.add_task("route", total=len(items), completed=done_before)
-            for chunk in _chunks(todo, config.run.chunk_size):
-                ledger.append(_process_chunk(chunk, pipeline, ledger, decoders, config))
-                progress.advance(task, len(chunk))
-        ledger.close()
-        results = [ledger.verdicts[item.path] for item in items]
+        with closing(Ledger(out_dir)) as ledger:
+            results, done_before = _route_items(items, pipeline, ledger, config, console, show_progress)
         write_results(out_dir, results)
         return summarize(
             results, out_dir, seconds=time.perf_counter() - started, setup_seconds=setup_seconds,
@@ -237,6 +211,28 @@ def route(
         )
     finally:
         pipeline.close()
+
+
+def _route_items(
+    items: Sequence[IngestItem], pipeline: RoutePipeline, ledger: Ledger, config: CoeConfig, console: Console,
+    show_progress: bool,
+) -> tuple[list[Verdict], int]:
+    """Process what the ledger does not hold yet; one verdict per item, and how many were done before."""
+    done_before = sum(item.path in ledger for item in items)
+    todo = [item for item in items if item.path not in ledger]
+    if done_before:
+        console.print(f"resuming: {done_before} of {len(items)} paths were done by an earlier attempt")
+    progress = Progress(
+        TextColumn("[bold]routing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=console, disable=not show_progress,
+    )
+    with progress, ThreadPoolExecutor(config.run.decode_workers) as decoders:
+        task = progress.add_task("route", total=len(items), completed=done_before)
+        for start in range(0, len(todo), config.run.chunk_size):
+            chunk = todo[start : start + config.run.chunk_size]
+            ledger.append(_process_chunk(chunk, pipeline, ledger, decoders, config))
+            progress.advance(task, len(chunk))
+    return [ledger.verdicts[item.path] for item in items], done_before
 
 
 def _process_chunk(
