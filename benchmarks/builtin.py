@@ -87,6 +87,12 @@ SOURCE_PHOTOS = (
 )
 
 
+def read_builtin_manifest(benchmark_dir: Path, split: Split | None = None) -> list[dict[str, str]]:
+    """The manifest's rows (all, or one split's), in file order; paths are relative to benchmark_dir."""
+    with (benchmark_dir / MANIFEST_FILE).open(newline="") as handle:
+        return [row for row in csv.DictReader(handle) if split is None or row["split"] == split]
+
+
 def split_sizes(total: int, fractions: dict[Split, float]) -> dict[Split, int]:
     """Largest-remainder rounding, so the sizes add up to `total` exactly."""
     exact = {split: total * fraction for split, fraction in fractions.items()}

@@ -9,7 +9,6 @@ on `expert_train` and prints its accuracy per generator on `test`:
 
 from __future__ import annotations
 
-import csv
 import tempfile
 import time
 from collections.abc import Sequence
@@ -17,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from PIL import Image
 from pydantic import BaseModel
 
-from benchmarks.builtin import REAL_GENERATOR, BuiltinBenchmarkConfig, build_builtin_benchmark
+from benchmarks.builtin import REAL_GENERATOR, BuiltinBenchmarkConfig, build_builtin_benchmark, read_builtin_manifest
+from coe.core.imaging import read_image
 from experts.base import ExpertCard, create_expert
 
 CARDS_DIR = Path(__file__).resolve().parents[1] / "configs" / "experts"
@@ -52,13 +51,8 @@ def load_card(name: str) -> ExpertCard:
     return ExpertCard.model_validate(yaml.safe_load((CARDS_DIR / f"{name}.yaml").read_text()))
 
 
-def read_manifest(manifest: Path) -> list[dict[str, str]]:
-    with manifest.open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
 def load_images(root: Path, rows: Sequence[dict[str, str]]) -> list[np.ndarray]:
-    return [np.asarray(Image.open(root / row["path"]).convert("RGB")) for row in rows]
+    return [read_image(root / row["path"]).pixels for row in rows]
 
 
 def fake_labels(rows: Sequence[dict[str, str]]) -> np.ndarray:
@@ -67,9 +61,8 @@ def fake_labels(rows: Sequence[dict[str, str]]) -> np.ndarray:
 
 def evaluate_complementarity(manifest: Path, experts: Sequence[str] = EXPERTS) -> ComplementarityReport:
     """Train each expert on `expert_train` and score it on `test`, per generator."""
-    rows = read_manifest(manifest)
-    train_rows = [row for row in rows if row["split"] == "expert_train"]
-    test_rows = [row for row in rows if row["split"] == "test"]
+    train_rows = read_builtin_manifest(manifest.parent, "expert_train")
+    test_rows = read_builtin_manifest(manifest.parent, "test")
     train_images, test_images = (
         load_images(manifest.parent, train_rows),
         load_images(manifest.parent, test_rows),

@@ -15,7 +15,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.builtin import BuiltinBenchmarkConfig
+from benchmarks.builtin import BuiltinBenchmarkConfig, read_builtin_manifest
 from benchmarks.metrics import correctness, detection_scores, routing_comparison
 from coe.config import CoeConfig
 from coe.models import BENCHMARK_FOLDER, ExpertPool, build_default_models, expert_probabilities, read_manifest_split
@@ -43,8 +43,7 @@ def run_demo(
     meta = read_router_meta(router_folder)
 
     benchmark_dir = home / BENCHMARK_FOLDER
-    with (benchmark_dir / "manifest.csv").open(newline="") as handle:
-        test_rows = [row for row in csv.DictReader(handle) if row["split"] == "test"]
+    test_rows = read_builtin_manifest(benchmark_dir, "test")
     manifest = out_dir / TEST_MANIFEST
     with manifest.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(test_rows[0]))

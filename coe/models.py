@@ -3,7 +3,6 @@ ones (built-in benchmark -> experts -> router) once, on first use or for `coe de
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 from collections.abc import Callable
@@ -14,7 +13,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import track
 
-from benchmarks.builtin import BuiltinBenchmarkConfig, build_builtin_benchmark
+from benchmarks.builtin import MANIFEST_FILE, BuiltinBenchmarkConfig, build_builtin_benchmark, read_builtin_manifest
 from benchmarks.metrics import correctness, routing_comparison
 from coe.config import CoeConfig, ConfigError, load_expert_cards
 from coe.core.imaging import read_image
@@ -100,8 +99,7 @@ class LabelledImages:
 
 
 def read_manifest_split(benchmark_dir: Path, split: str) -> LabelledImages:
-    with (benchmark_dir / "manifest.csv").open(newline="") as handle:
-        rows = [row for row in csv.DictReader(handle) if row["split"] == split]
+    rows = read_builtin_manifest(benchmark_dir, split)
     decoded = [read_image(benchmark_dir / row["path"]) for row in rows]
     return LabelledImages(
         paths=[str(benchmark_dir / row["path"]) for row in rows],
@@ -182,7 +180,7 @@ def build_default_models(
 
     Everything lands in COE home; returns the router folder."""
     benchmark_dir = config.home / BENCHMARK_FOLDER
-    if not (benchmark_dir / "manifest.csv").exists():
+    if not (benchmark_dir / MANIFEST_FILE).exists():
         say(f"building the built-in benchmark (simulated artifacts) in {benchmark_dir}")
         build_builtin_benchmark(benchmark_dir, benchmark or BuiltinBenchmarkConfig())
     pool = ExpertPool(config)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from skimage import data
 
-from benchmarks.builtin import BuiltinBenchmarkConfig, build_builtin_benchmark
+from benchmarks.builtin import BuiltinBenchmarkConfig, build_builtin_benchmark, read_builtin_manifest
 from benchmarks.complementarity import (
     CARDS_DIR,
     EXPERTS,
@@ -21,7 +21,6 @@ from benchmarks.complementarity import (
     fake_labels,
     load_card,
     load_images,
-    read_manifest,
 )
 from experts.base import ExpertCard, ExpertNotTrainedError, create_expert, expert_families
 from experts.classic import META_FILE, training_data_hash
@@ -37,13 +36,13 @@ def benchmark(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def training_set(benchmark) -> tuple[list[np.ndarray], np.ndarray]:
-    rows = [row for row in read_manifest(benchmark) if row["split"] == "expert_train"]
+    rows = read_builtin_manifest(benchmark.parent, "expert_train")
     return load_images(benchmark.parent, rows), fake_labels(rows)
 
 
 @pytest.fixture(scope="module")
 def test_images(benchmark) -> list[np.ndarray]:
-    return load_images(benchmark.parent, [row for row in read_manifest(benchmark) if row["split"] == "test"])
+    return load_images(benchmark.parent, read_builtin_manifest(benchmark.parent, "test"))
 
 
 @pytest.fixture(scope="module")
