@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test test-all bench-throughput
+.PHONY: setup demo test bench-throughput
 
 setup: $(STAMP)
 
@@ -20,9 +20,6 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"
-
-test-all: setup
-	$(BIN)/python -m pytest -q -m "not gpu"
 
 bench-throughput: setup
 	$(BIN)/python -m benchmarks.throughput
