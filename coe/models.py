@@ -18,7 +18,7 @@ from benchmarks.metrics import correctness, routing_comparison
 from coe.config import CoeConfig, ConfigError, load_expert_cards
 from coe.core.imaging import read_image
 from experts.base import Expert, ExpertCard, TrainableExpert, create_expert
-from experts.classic import DescriptorExpert
+from experts.classic import META_FILE, DescriptorExpert
 from router.artifact import RouterMeta, load_router, save_router
 from router.calibration import PlattCalibration
 from router.features import ClipFeatureExtractor, FeatureCache, RoutingFeatures, embed_with_cache
@@ -37,6 +37,10 @@ def expert_identity(expert: Expert) -> str:
     return f"{expert.card.version}:{data_hash[:12]}"
 
 
+def expert_weights_folder(config: CoeConfig, card: ExpertCard) -> Path:
+    return config.resolve_in_home(card.weights or f"experts/{card.name}")
+
+
 class ExpertPool:
     """The configured experts, each loaded from its trained weights once, when first needed."""
 
@@ -46,8 +50,7 @@ class ExpertPool:
         self._loaded: dict[str, Expert] = {}
 
     def weights_folder(self, name: str) -> Path:
-        card = self.cards[name]
-        return self.config.resolve_in_home(card.weights or f"experts/{name}")
+        return expert_weights_folder(self.config, self.cards[name])
 
     def get(self, name: str) -> Expert:
         if name not in self._loaded:
@@ -69,7 +72,7 @@ class ExpertPool:
             name
             for name in self.cards
             if isinstance(create_expert(self.cards[name]), TrainableExpert)
-            and not (self.weights_folder(name) / "meta.json").exists()
+            and not (self.weights_folder(name) / META_FILE).exists()
         ]
 
 

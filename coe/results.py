@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -46,18 +47,17 @@ def _csv_row(verdict: Verdict) -> dict[str, object]:
 def _replace(path: Path, text: str) -> None:
     """Write beside, then rename: readers never see a half-written results file."""
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
+    partial.write_text(text, encoding="utf-8", newline="")
     os.replace(partial, path)
 
 
 def write_results(out_dir: Path, verdicts: Sequence[Verdict]) -> None:
     _replace(out_dir / RESULTS_JSONL, "".join(verdict.model_dump_json() + "\n" for verdict in verdicts))
-    partial = out_dir / (RESULTS_CSV + ".partial")
-    with partial.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows(_csv_row(verdict) for verdict in verdicts)
-    os.replace(partial, out_dir / RESULTS_CSV)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=CSV_COLUMNS)
+    writer.writeheader()
+    writer.writerows(_csv_row(verdict) for verdict in verdicts)
+    _replace(out_dir / RESULTS_CSV, table.getvalue())
 
 
 class RunSummary(BaseModel):

@@ -10,6 +10,7 @@ from rich.progress import track
 from coe.config import CoeConfig
 from coe.core.imaging import ImageDecodeError, read_image
 from coe.ingest import discover
+from coe.models import expert_weights_folder
 from experts.base import ExpertCard, TrainableExpert, create_expert
 
 CLASS_FOLDERS = {"real": 0, "0_real": 0, "fake": 1, "1_fake": 1}
@@ -43,7 +44,7 @@ def train_expert_on_folder(
         console.print(f"[yellow]skipped {len(skipped)} unreadable file(s); see the report's `skipped`")
     if len(set(labels)) < 2:
         raise TrainingDataError(f"{data}: need readable real and fake images, got {len(labels)} image(s)")
-    destination = out or config.resolve_in_home(card.weights or f"experts/{card.name}")
+    destination = out or expert_weights_folder(config, card)
     console.print(f"training {card.name} on {labels.count(0)} real and {labels.count(1)} fake images")
     expert.fit(images, labels).save(destination)
     return {"saved_to": str(destination), "meta": expert.meta, "skipped": skipped}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import posixpath
 import sqlite3
 from collections.abc import Callable, Sequence
 from functools import cached_property
@@ -57,10 +58,9 @@ def _cached_hub_file(backbone: str, tag: str) -> str | None:
     hub_entry = open_clip.get_pretrained_cfg(backbone, tag).get("hf_hub", "")
     if not hub_entry:
         return None
-    repo_id, filename = hub_entry.rstrip("/").rsplit("/", 1) if not hub_entry.endswith("/") else (
-        hub_entry.rstrip("/"),
-        "open_clip_pytorch_model.bin",
-    )
+    # open_clip's convention: "org/repo/file" names a file, "org/repo/" the default file.
+    repo_id, filename = posixpath.split(hub_entry)
+    filename = filename or "open_clip_pytorch_model.bin"
     for candidate in (Path(filename).with_suffix(".safetensors").name, filename):
         found = try_to_load_from_cache(repo_id, candidate)
         if isinstance(found, str):
