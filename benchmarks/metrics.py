@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
+import pandas as pd
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 
 def detection_scores(p_fake: np.ndarray, is_fake: np.ndarray) -> dict[str, float]:
@@ -47,3 +48,138 @@ def routing_comparison(
         (rows["routed"]["accuracy"] - best_single) / gap if gap > 0 else float("nan")
     )
     return rows
+
+
+# Probability of detection at these false-alarm rates, as Corvi et al. (2023) report detectors.
+FALSE_ALARM_RATES = {"pd_at_far_10": 0.10, "pd_at_far_5": 0.05, "pd_at_far_1": 0.01}
+DETECTOR_METRIC_NAMES = (
+    "n",
+    "n_real",
+    "n_fake",
+    "ap",
+    "auc",
+    "accuracy",
+    "accuracy_best",
+    "best_threshold",
+    "tpr",
+    "tnr",
+    *FALSE_ALARM_RATES,
+    "ece",
+)
+
+
+def expected_calibration_error(p_fake: np.ndarray, is_fake: np.ndarray, n_bins: int = 15) -> float:
+    """ECE of p_fake read as the probability that the image is fake.
+
+    n_bins equal-width bins over [0, 1] (1.0 falls in the last one); the gap between the share of
+    fakes and the mean p_fake in each bin, weighted by the bin's share of the images. NaN when
+    empty."""
+    p_fake, is_fake = np.asarray(p_fake, dtype=float), np.asarray(is_fake, dtype=bool)
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be at least 1, got {n_bins}")
+    if p_fake.shape != is_fake.shape:
+        raise ValueError(f"p_fake has shape {p_fake.shape} but is_fake has shape {is_fake.shape}")
+    if not len(p_fake):
+        return float("nan")
+    if np.isnan(p_fake).any() or p_fake.min() < 0 or p_fake.max() > 1:
+        raise ValueError("p_fake must be probabilities in [0, 1] to measure calibration")
+    bins = np.digitize(p_fake, np.linspace(0, 1, n_bins + 1)[1:-1])
+    count = np.bincount(bins, minlength=n_bins)
+    occupied = count > 0
+    mean_p = np.bincount(bins, weights=p_fake, minlength=n_bins)[occupied] / count[occupied]
+    share_fake = np.bincount(bins, weights=is_fake, minlength=n_bins)[occupied] / count[occupied]
+    return float(np.sum(count[occupied] / len(p_fake) * np.abs(share_fake - mean_p)))
+
+
+def _best_threshold(p_fake: np.ndarray, is_fake: np.ndarray, nominal: float) -> tuple[float, float]:
+    """(accuracy, threshold) of the most accurate rule `fake if p_fake >= t`, t among the scores and
+    one just above the largest (everything real). Ties go to the t nearest the nominal threshold,
+    so that a flat optimum reports the usual operating point."""
+    candidates = np.append(np.unique(p_fake), np.nextafter(p_fake.max(), np.inf))
+    fake_scores, real_scores = np.sort(p_fake[is_fake]), np.sort(p_fake[~is_fake])
+    fakes_caught = len(fake_scores) - np.searchsorted(fake_scores, candidates, side="left")
+    reals_passed = np.searchsorted(real_scores, candidates, side="left")
+    accuracy = (fakes_caught + reals_passed) / len(p_fake)
+    best = np.flatnonzero(accuracy == accuracy.max())
+    chosen = best[np.argmin(np.abs(candidates[best] - nominal))]
+    return float(accuracy[chosen]), float(candidates[chosen])
+
+
+def detector_metrics(p_fake: np.ndarray, is_fake: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """Every detector metric the field reports, fake being the positive class.
+
+    `accuracy`, `tpr` (fake accuracy) and `tnr` (real accuracy) call an image fake when
+    p_fake >= threshold. `accuracy_best` and `best_threshold` come from an ORACLE threshold, the
+    one that maximises accuracy on these very data: an upper bound that says how much a better
+    calibration could give, not an accuracy to expect. `pd_at_far_*` is the probability of
+    detection at a 10/5/1 % false-alarm rate (Corvi et al. 2023): the largest TPR on the ROC curve
+    whose FPR is at most the target. `ece`: see expected_calibration_error. Metrics that need both
+    classes (ap, auc, pd_*) are NaN when one is missing, as are tpr / tnr without fakes / reals;
+    empty input gives n = 0 and NaN everywhere else."""
+    p_fake, is_fake = np.asarray(p_fake, dtype=float), np.asarray(is_fake, dtype=bool)
+    if p_fake.shape != is_fake.shape or p_fake.ndim != 1:
+        raise ValueError(
+            f"p_fake {p_fake.shape} and is_fake {is_fake.shape} must be two vectors of one length"
+        )
+    nan = float("nan")
+    n_fake = int(is_fake.sum())
+    metrics: dict[str, float] = dict.fromkeys(DETECTOR_METRIC_NAMES, nan)
+    metrics.update(n=len(is_fake), n_real=len(is_fake) - n_fake, n_fake=n_fake)
+    if not len(is_fake):
+        return metrics
+    called_fake = p_fake >= threshold
+    metrics["accuracy"] = float((called_fake == is_fake).mean())
+    metrics["accuracy_best"], metrics["best_threshold"] = _best_threshold(p_fake, is_fake, threshold)
+    if n_fake:
+        metrics["tpr"] = float(called_fake[is_fake].mean())
+    if n_fake < len(is_fake):
+        metrics["tnr"] = float((~called_fake[~is_fake]).mean())
+    metrics["ece"] = expected_calibration_error(p_fake, is_fake)
+    if 0 < n_fake < len(is_fake):
+        metrics["ap"] = float(average_precision_score(is_fake, p_fake))
+        metrics["auc"] = float(roc_auc_score(is_fake, p_fake))
+        false_alarm, detection, _ = roc_curve(is_fake, p_fake, drop_intermediate=False)
+        for name, rate in FALSE_ALARM_RATES.items():
+            # roc_curve starts at (0, 0), so some point always meets the target.
+            metrics[name] = float(detection[false_alarm <= rate].max())
+    return metrics
+
+
+def mask_scores(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """IoU and pixel F1 of two boolean masks of one shape.
+
+    When both masks are empty the prediction is exactly right (nothing to find, nothing claimed),
+    so both scores are 1.0. Plain counts rather than sklearn's jaccard/f1 scorers: those validate
+    and re-encode every pixel as a label and are ~250x slower on megapixel masks, for the same
+    numbers."""
+    predicted, truth = np.asarray(predicted, dtype=bool), np.asarray(truth, dtype=bool)
+    if predicted.shape != truth.shape:
+        raise ValueError(
+            f"predicted mask has shape {predicted.shape} but the truth mask has shape {truth.shape}"
+        )
+    overlap = int(np.logical_and(predicted, truth).sum())
+    union = int(np.logical_or(predicted, truth).sum())
+    if union == 0:
+        return {"iou": 1.0, "f1": 1.0}
+    return {"iou": overlap / union, "f1": 2 * overlap / (int(predicted.sum()) + int(truth.sum()))}
+
+
+def grouped_detector_metrics(frame: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """detector_metrics for each group of `frame` (columns p_fake, label "real"/"fake", and the `by`
+    columns): one row per group, the `by` columns first; a missing group value is a group too."""
+    missing = [column for column in ("p_fake", "label", *by) if column not in frame.columns]
+    if missing:
+        raise ValueError(f"the frame has no column(s) {missing}; it has {list(frame.columns)}")
+    if not by:
+        raise ValueError("group by at least one column")
+    unknown_labels = set(frame["label"].unique()) - {"real", "fake"}
+    if unknown_labels:
+        raise ValueError(f"labels must be 'real' or 'fake', found {sorted(map(str, unknown_labels))}")
+    rows = [
+        {
+            **dict(zip(by, keys, strict=True)),
+            **detector_metrics(group["p_fake"].to_numpy(dtype=float), group["label"].eq("fake").to_numpy()),
+        }
+        for keys, group in frame.groupby(by, sort=True, dropna=False)
+    ]
+    return pd.DataFrame(rows, columns=[*by, *DETECTOR_METRIC_NAMES])

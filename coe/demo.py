@@ -1,8 +1,9 @@
 """`coe demo`: the whole system on the embedded default, end to end, in a few minutes.
 
-Builds the built-in benchmark, trains the experts and the router into a fresh home under the
-demo folder, routes the held-out test split through `coe route`, and compares the routed system
-with every single expert, a random router and the oracle."""
+Builds the built-in benchmark, trains the experts, runs them over it (`coe bench run`), trains
+the query-level router on the router_train outcomes (`coe router train`), routes the held-out
+test split through `coe route`, and compares the routed system with every single expert, a
+random router, all experts merged and the oracle (`coe router eval`)."""
 
 from __future__ import annotations
 
@@ -13,15 +14,17 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
-from rich.table import Table
 
-from benchmarks.builtin import BuiltinBenchmarkConfig, read_builtin_manifest
-from benchmarks.metrics import correctness, detection_scores, routing_comparison
+from benchmarks.builtin import BuiltinBenchmarkConfig
+from benchmarks.metrics import detection_scores
+from benchmarks.readers import BenchmarkSpec, read_benchmark
+from benchmarks.runner import OUTCOMES_FILE
+from coe.bench import BUILTIN_FOLDER
 from coe.config import CoeConfig
-from coe.models import BENCHMARK_FOLDER, ExpertPool, build_default_models, expert_probabilities, read_manifest_split
+from coe.defaults import DEFAULT_OUTCOMES, build_default_models
 from coe.pipeline import route
 from coe.results import RESULTS_JSONL, render_summary
-from router.artifact import read_router_meta
+from coe.routing import EVALUATION_DIR, evaluate_router, render_evaluation
 
 TEST_MANIFEST = "test_manifest.csv"
 
@@ -32,81 +35,56 @@ def run_demo(
     console: Console,
     benchmark: BuiltinBenchmarkConfig | None = None,
     show_progress: bool = True,
-) -> dict[str, dict[str, float]]:
+) -> dict:
     out_dir = out_dir.resolve()  # the test manifest lists absolute paths
     home = out_dir / "home"
-    for trained in ("experts", "routers"):  # the demo always trains; the feature cache may stay
+    for trained in ("experts", "routers", "bench"):  # the demo always trains; the feature cache may stay
         shutil.rmtree(home / trained, ignore_errors=True)
     config = config.model_copy(update={"home": home})
     config.router.path = None
-    router_folder = build_default_models(config, lambda message: console.print(f"[cyan]{message}"), benchmark)
-    meta = read_router_meta(router_folder)
+    router_folder = build_default_models(
+        config, lambda message: console.print(f"[cyan]{message}"), benchmark, console, show_progress
+    )
 
-    benchmark_dir = home / BENCHMARK_FOLDER
-    test_rows = read_builtin_manifest(benchmark_dir, "test")
+    test_items = read_benchmark(
+        BenchmarkSpec(name="builtin", reader="builtin", root=home / BUILTIN_FOLDER, splits=["test"])
+    )
     manifest = out_dir / TEST_MANIFEST
     with manifest.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(test_rows[0]))
+        writer = csv.DictWriter(handle, fieldnames=["path", "label", "subject", "generator"])
         writer.writeheader()
-        writer.writerows({**row, "path": str(benchmark_dir / row["path"])} for row in test_rows)
-
-    console.print(f"[cyan]routing the held-out test split ({len(test_rows)} images) with `coe route`")
+        writer.writerows(
+            {"path": str(item.path), "label": item.label, "subject": item.subject, "generator": item.generator}
+            for item in test_items
+        )
+    console.print(f"[cyan]routing the held-out test split ({len(test_items)} images) with `coe route`")
     summary = route(
         config, [], out_dir / "route", manifests=[manifest], restart=True, console=console,
         show_progress=show_progress,
     )
     render_summary(summary, console)
-    routed = {}
-    for line in (out_dir / "route" / RESULTS_JSONL).read_text().splitlines():
-        verdict = json.loads(line)
-        routed[verdict["path"]] = verdict
+    verdicts = [json.loads(line) for line in (out_dir / "route" / RESULTS_JSONL).read_text().splitlines()]
+    by_path = {verdict["path"]: verdict for verdict in verdicts}
+    routed_p = np.array([by_path[str(item.path)]["p_fake"] for item in test_items])
+    is_fake = np.array([item.label == "fake" for item in test_items], dtype=int)
+    through_route = detection_scores(routed_p, is_fake)
+    uncertain = float(np.mean([by_path[str(item.path)]["label"] == "uncertain" for item in test_items]))
 
-    test = read_manifest_split(benchmark_dir, "test")
-    pool = ExpertPool(config)
-    names = list(pool.cards)
-    raw = expert_probabilities(pool, names, test.pixels)
-    p_fake = np.stack([meta.calibration[name].apply(raw[:, j]) for j, name in enumerate(names)], axis=1)
-    routed_p = np.array([routed[path]["p_fake"] for path in test.paths])
-    table = routing_comparison(p_fake, test.is_fake, names, routed_p)
-    uncertain = np.mean([routed[path]["label"] == "uncertain" for path in test.paths])
-
-    generators = [row["generator"] for row in test_rows]
-    by_generator: dict[str, dict[str, float]] = {}
-    right = correctness(p_fake, test.is_fake)
-    for generator in sorted(set(generators)):
-        mask = np.array([g == generator for g in generators])
-        by_generator[generator] = {name: float(right[mask, j].mean()) for j, name in enumerate(names)}
-        by_generator[generator]["routed"] = detection_scores(routed_p[mask], test.is_fake[mask])["accuracy"]
-        by_generator[generator]["oracle"] = float(right[mask].any(axis=1).mean())
-
-    _print_tables(console, table, by_generator, names, uncertain, meta.random_weights, len(test_rows))
-    report = {"systems": table, "by_generator": by_generator, "uncertain_share": float(uncertain)}
-    (out_dir / "demo.json").write_text(json.dumps(report, indent=2))
-    return table
-
-
-def _print_tables(console, table, by_generator, names, uncertain, random_weights, n_test) -> None:
-    systems = Table(title=f"held-out test split of the built-in benchmark ({n_test} images)")
-    for column in ("system", "accuracy", "AUC"):
-        systems.add_column(column, justify="right" if column != "system" else "left")
-    for system in [*names, "random", "routed", "oracle"]:
-        style = "bold green" if system == "routed" else ""
-        systems.add_row(
-            system, f"{table[system]['accuracy']:.3f}", f"{table[system]['auc']:.3f}", style=style
-        )
-    console.print(systems)
-    console.print(
-        f"routed: share of the oracle gap closed {table['routed']['oracle_gap_closed']:.2f}; "
-        f"'uncertain' verdicts {uncertain:.1%} (accuracy counts p_fake >= 0.5)"
+    evaluation, meta, png = evaluate_router(
+        config, router_folder, [home / DEFAULT_OUTCOMES / OUTCOMES_FILE], out_dir / EVALUATION_DIR, splits=["test"],
+        console=console, show_progress=show_progress,
     )
-    per_generator = Table(title="accuracy per generator (simulated artifacts)")
-    per_generator.add_column("generator")
-    for system in [*names, "routed", "oracle"]:
-        per_generator.add_column(system, justify="right")
-    for generator, row in by_generator.items():
-        per_generator.add_row(generator, *(f"{row[s]:.3f}" for s in [*names, "routed", "oracle"]))
-    console.print(per_generator)
-    if random_weights:
-        console.print(
-            "[bold red]The router read CLIP features with RANDOM weights (no pretrained CLIP weights here)."
-        )
+    render_evaluation(evaluation, console, "held-out test split of the built-in benchmark", meta.random_weights)
+    console.print(
+        f"`coe route` on the same images: accuracy {through_route['accuracy']:.3f}, AUC {through_route['auc']:.3f}; "
+        f"'uncertain' verdicts {uncertain:.1%} (accuracy counts p_fake >= 0.5). Cost-accuracy curve: {png}"
+    )
+    report = {
+        "evaluation": evaluation.headline(),
+        "systems": evaluation.systems.to_dict("index"),
+        "through_coe_route": through_route,
+        "uncertain_share": uncertain,
+        "curve_png": str(png),
+    }
+    (out_dir / "demo.json").write_text(json.dumps(report, indent=2))
+    return report

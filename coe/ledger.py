@@ -4,7 +4,6 @@ with exactly one result per path."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -12,13 +11,10 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from coe.core.records import Verdict
+from coe.core.runs import check_run_identity as check_identity
 
 LEDGER_FILE = "ledger.jsonl"
 RUN_FILE = "run.json"
-
-
-class RunMismatchError(ValueError):
-    pass
 
 
 class Ledger:
@@ -71,17 +67,4 @@ class Ledger:
 
 
 def check_run_identity(out_dir: Path, identity: dict, restart: bool) -> None:
-    """Refuse to resume a run made with another configuration into the same folder."""
-    run_file = out_dir / RUN_FILE
-    if restart:
-        (out_dir / LEDGER_FILE).unlink(missing_ok=True)
-    elif run_file.exists():
-        previous = json.loads(run_file.read_text())
-        if previous != identity:
-            changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
-            raise RunMismatchError(
-                f"{out_dir} holds a run made with a different {', '.join(changed)}; "
-                "use another --out, or --restart to discard it"
-            )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    run_file.write_text(json.dumps(identity, indent=2, sort_keys=True))
+    check_identity(out_dir, RUN_FILE, identity, restart, discard=[LEDGER_FILE])

@@ -20,7 +20,8 @@ from coe.core.records import ErrorCode, ErrorInfo, ExpertOutput, RoutingDecision
 from coe.ingest import IngestItem, discover
 from coe.ledger import Ledger, check_run_identity
 from coe.merger import Merger
-from coe.models import ExpertPool, load_configured_router, open_feature_cache, routing_features
+from coe.defaults import load_configured_router
+from coe.models import ExpertPool, open_feature_cache, routing_features
 from coe.results import RunSummary, summarize, write_results
 from router.features import FeatureCache, embed_with_cache
 
@@ -40,14 +41,18 @@ class LearnedRouting:
 
     @property
     def identity(self) -> dict:
-        return {"router": self.meta.router_id, "features": self.extractor.extractor_id}
+        return {"router": self.router_label, "features": self.extractor.extractor_id}
+
+    @property
+    def router_label(self) -> str:
+        return f"{self.meta.router_id}/v{self.meta.version}"
 
     def decide(self, ids: list[str], pixels: list[np.ndarray]) -> tuple[list[RoutingDecision], dict[str, float]]:
         start = time.perf_counter()
         features, embedded = embed_with_cache(self.extractor, self.cache, ids, pixels)
         self.n_embedded += embedded
         middle = time.perf_counter()
-        decisions = self.router.decide(features, self.meta.router_id)
+        decisions = self.router.decide(features, self.router_label)
         end = time.perf_counter()
         per_image = 1000.0 / max(len(ids), 1)
         return decisions, {"features": (middle - start) * per_image, "routing": (end - middle) * per_image}

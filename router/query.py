@@ -14,7 +14,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from coe.core.records import RankedExpert, RoutingDecision
+from coe.core.records import RoutingDecision
+from router.base import CostAwareRouter
 
 
 def correctness_model(kind: Literal["logreg", "lightgbm"], random_state: int) -> BaseEstimator:
@@ -29,7 +30,7 @@ def correctness_model(kind: Literal["logreg", "lightgbm"], random_state: int) ->
     )
 
 
-class QueryRouter(BaseEstimator):
+class QueryRouter(CostAwareRouter):
     level = "query"
 
     def __init__(
@@ -70,43 +71,22 @@ class QueryRouter(BaseEstimator):
         ]
         return np.stack(columns, axis=1)
 
-    def utilities(self, p_correct: np.ndarray) -> np.ndarray:
-        return p_correct - self.cost_weight * self.relative_costs()
-
-    def choose(self, features: np.ndarray) -> np.ndarray:
-        """Index of the chosen expert for each image (ties go to the earlier expert)."""
-        return self.utilities(self.predict_correct(features)).argmax(axis=1)
-
-    def relative_costs(self) -> np.ndarray:
-        """Costs scaled so the most expensive expert costs 1: lambda then reads in P(correct) units."""
-        return self.costs_ / self.costs_.max() if self.costs_.max() > 0 else self.costs_
-
     def decide(self, features: np.ndarray, router_id: str) -> list[RoutingDecision]:
         p_correct = self.predict_correct(features)
-        utilities = self.utilities(p_correct)
         decisions = []
-        for row_p, row_u in zip(p_correct, utilities, strict=True):
-            order = np.argsort(-row_u, kind="stable")
-            ranked = [
-                RankedExpert(
-                    expert=self.experts_[j], p_correct=float(row_p[j]), cost=float(self.costs_[j]),
-                    utility=float(row_u[j]),
-                )
-                for j in order
-            ]
+        for row_p in p_correct:
+            ranked = self.ranked(row_p)
             best = ranked[0]
-            abstain = self.abstain_below is not None and best.p_correct < self.abstain_below
             reason = (
                 f"{best.expert} has the best predicted P(correct)={best.p_correct:.2f}"
                 + (f" - {self.cost_weight:g} x cost" if self.cost_weight else "")
                 + (f" (next: {ranked[1].expert} {ranked[1].p_correct:.2f})" if len(ranked) > 1 else "")
             )
-            if abstain:
-                reason = f"abstained: best P(correct)={best.p_correct:.2f} < {self.abstain_below:g}; " + reason
+            abstained = self.abstention(best)
             decisions.append(
                 RoutingDecision(
-                    router_id=router_id, level="query", ranked=ranked, chosen=best.expert, abstained=abstain,
-                    reason=reason,
+                    router_id=router_id, level="query", ranked=ranked, chosen=best.expert,
+                    abstained=abstained is not None, reason=reason if abstained is None else f"{abstained}; {reason}",
                 )
             )
         return decisions

@@ -18,21 +18,24 @@ def test_demo_trains_routes_and_compares_every_system(tmp_path, tiny_clip, train
     # Reuse the session's benchmark images so the demo trains from scratch without rebuilding them.
     shutil.copytree(trained_home / "benchmarks", tmp_path / "home" / "benchmarks")
     console = Console(record=True, width=150)
-    table = run_demo(tiny_config(tmp_path, tiny_clip), tmp_path, console, SMALL_BENCHMARK, show_progress=False)
-    assert set(table) == {"spectrum", "dct", "residual", "random", "routed", "oracle"}
-    for row in table.values():
-        assert 0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["auc"] <= 1.0
-    assert table["oracle"]["accuracy"] >= max(table[e]["accuracy"] for e in ("spectrum", "dct", "residual"))
+    report = run_demo(tiny_config(tmp_path, tiny_clip), tmp_path, console, SMALL_BENCHMARK, show_progress=False)
+    systems = report["systems"]
+    assert set(systems) == {"spectrum", "dct", "residual", "random", "merged", "routed", "oracle"}
+    for row in systems.values():
+        assert 0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["auc"] <= 1.0 and row["cost"] > 0
+    assert systems["oracle"]["accuracy"] >= max(systems[e]["accuracy"] for e in ("spectrum", "dct", "residual"))
+    # The router's evaluation and the verdicts of `coe route` on the same images agree.
+    assert report["through_coe_route"]["accuracy"] == systems["routed"]["accuracy"]
     text = console.export_text()
     assert "held-out test split" in text and "accuracy per generator" in text and "oracle gap" in text
-    report = json.loads((tmp_path / "demo.json").read_text())
-    assert set(report["by_generator"]) == {"real", "gan_upsample", "diffusion_smooth", "inpaint_local"}
+    assert json.loads((tmp_path / "demo.json").read_text())["evaluation"] == report["evaluation"]
     routed_rows = (tmp_path / "route" / "results.jsonl").read_text().splitlines()
     test_rows = (tmp_path / "test_manifest.csv").read_text().splitlines()[1:]
-    assert len(routed_rows) == len(test_rows) > 0
+    assert len(routed_rows) == len(test_rows) == report["evaluation"]["n_images"] > 0
     assert all(json.loads(row)["error"] is None for row in routed_rows)
     meta = read_router_meta(tmp_path / "home" / "routers" / "default")
-    assert meta.metrics["routed.accuracy"] == table["routed"]["accuracy"]
+    assert meta.metrics["accuracy"] == systems["routed"]["accuracy"]
+    assert (tmp_path / "evaluation" / "cost_accuracy.png").exists()
 
 
 def test_experts_train_cli_saves_weights_with_metadata(tmp_path, trained_home, tiny_clip):

@@ -6,7 +6,8 @@ import pytest
 
 from coe.config import MergerConfig
 from coe.core.records import ExpertOutput, RoutingDecision, Verdict
-from coe.ledger import LEDGER_FILE, Ledger, RunMismatchError, check_run_identity
+from coe.core.runs import RunMismatchError
+from coe.ledger import LEDGER_FILE, Ledger, check_run_identity
 from coe.merger import Merger
 from router.calibration import PlattCalibration
 

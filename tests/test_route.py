@@ -15,7 +15,8 @@ import pytest
 
 from bad_files import TEST_LIMITS, make_mixed_folder
 from coe.config import CoeConfig
-from coe.ledger import LEDGER_FILE, RunMismatchError
+from coe.core.runs import RunMismatchError
+from coe.ledger import LEDGER_FILE
 from coe.pipeline import route
 from coe.results import CSV_COLUMNS, RESULTS_CSV, RESULTS_JSONL
 
@@ -170,7 +171,7 @@ def test_first_use_builds_the_default_models_once_and_says_so(tmp_path, tiny_cli
     console = Console(record=True, width=200)
     first = route(config, [images], tmp_path / "out1", console=console, show_progress=False)
     assert "first use: no default models" in console.export_text()
-    assert (config.home / "routers/default/router.json").exists()
+    assert (config.home / "routers/default/v1/router.json").exists()
     assert all((config.home / "experts" / name / "meta.json").exists() for name in config.experts)
     assert first.analysed > 0
     again = Console(record=True, width=200)

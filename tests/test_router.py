@@ -1,4 +1,5 @@
-"""The query-level router, its calibration, and router artifacts that refuse the wrong setting."""
+"""The query- and subject-level routers, calibration, and versioned router artifacts that refuse
+the wrong setting."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 from router.artifact import RouterMeta, RouterMismatchError, load_router, read_router_meta, save_router
 from router.calibration import PlattCalibration
 from router.query import QueryRouter
+from router.subject import SubjectRouter
 
 EXPERTS = ["a", "b", "c"]
 
@@ -79,7 +81,7 @@ def test_platt_calibration_fixes_an_overconfident_expert():
 
 def meta(**changes) -> RouterMeta:
     fields = dict(
-        router_id="query-logreg-test", level="query", extractor_id="open_clip/x/1", feature_dim=4,
+        router_id="query-logreg-test", level="query", model="logreg", extractor_id="open_clip/x/1", feature_dim=4,
         random_weights=False, experts={"a": "1:aa", "b": "1:bb", "c": "1:cc"},
         expert_costs={"a": 1.0, "b": 1.0, "c": 1.0}, training_data_hash="0" * 64, n_train=600,
     )
@@ -89,16 +91,73 @@ def meta(**changes) -> RouterMeta:
 def test_artifact_round_trip_and_refusals(tmp_path):
     features, correct = outcomes()
     router = QueryRouter().fit(features, correct, EXPERTS, [1.0, 1.0, 1.0])
-    save_router(tmp_path / "r", router, meta(metrics={"routed.accuracy": 0.9}))
+    assert save_router(tmp_path / "r", router, meta(metrics={"routed.accuracy": 0.9})) == tmp_path / "r" / "v1"
     identities = {"a": "1:aa", "b": "1:bb", "c": "1:cc"}
     loaded, loaded_meta = load_router(tmp_path / "r", "open_clip/x/1", identities)
     assert np.array_equal(loaded.choose(features), router.choose(features))
     assert loaded_meta == read_router_meta(tmp_path / "r") and loaded_meta.metrics["routed.accuracy"] == 0.9
     with pytest.raises(RouterMismatchError, match="trained on features 'open_clip/x/1'.*retrain"):
         load_router(tmp_path / "r", "open_clip/y/2", identities)
-    with pytest.raises(RouterMismatchError, match="trained for experts \\['a', 'b', 'c'\\]"):
+    with pytest.raises(RouterMismatchError, match="not configured any more: \\['c'\\].*coe bench run.*coe router train"):
         load_router(tmp_path / "r", "open_clip/x/1", {"a": "1:aa", "b": "1:bb"})
     with pytest.raises(RouterMismatchError, match="other versions of expert\\(s\\) \\['b'\\]"):
         load_router(tmp_path / "r", "open_clip/x/1", {**identities, "b": "2:bb"})
     with pytest.raises(FileNotFoundError, match="not a router artifact"):
         load_router(tmp_path, "open_clip/x/1", identities)
+
+
+def test_each_save_is_a_new_version_and_the_folder_loads_the_latest(tmp_path):
+    features, correct = outcomes()
+    identities = {"a": "1:aa", "b": "1:bb", "c": "1:cc"}
+    first = QueryRouter().fit(features, correct, EXPERTS, [1.0, 1.0, 1.0])
+    thrifty = QueryRouter(cost_weight=5.0).fit(features, correct, EXPERTS, [1.0, 1.0, 0.1])
+    save_router(tmp_path / "r", first, meta())
+    assert save_router(tmp_path / "r" / "v1", thrifty, meta()) == tmp_path / "r" / "v2"  # a version folder: beside it
+    latest, latest_meta = load_router(tmp_path / "r", "open_clip/x/1", identities)
+    assert latest_meta.version == 2 and latest.cost_weight == 5.0
+    old, old_meta = load_router(tmp_path / "r" / "v1", "open_clip/x/1", identities)
+    assert old_meta.version == 1 and old.cost_weight == 0.0
+
+
+def subject_outcomes(n: int = 900, seed: int = 0):
+    """Three subjects told apart by features 0/1; a is right on 'face', b on 'scene', c on neither.
+    'rare' has 5 images, below the support threshold."""
+    rng = np.random.default_rng(seed)
+    subjects = rng.choice(["face", "scene", "object"], size=n)
+    subjects[:5] = "rare"
+    features = rng.normal(size=(n, 4)) * 0.3
+    features[:, 0] += subjects == "face"
+    features[:, 1] += subjects == "scene"
+    features[:, 2] += subjects == "rare"
+    right_a = np.where(subjects == "face", rng.random(n) < 0.9, rng.random(n) < 0.5)
+    right_b = np.where(subjects == "scene", rng.random(n) < 0.9, rng.random(n) < 0.45)
+    right_c = rng.random(n) < 0.6
+    right_b[:5] = True  # b is perfect on the rare subject, but 5 images must not be trusted
+    return features, subjects, np.stack([right_a, right_b, right_c], axis=1)
+
+
+@pytest.mark.parametrize("model", ["logreg", "lightgbm"])
+def test_subject_router_derives_its_table_from_outcomes_with_a_support_fallback(model):
+    features, subjects, correct = subject_outcomes()
+    router = SubjectRouter(model=model, min_support=20).fit(features, subjects, correct, EXPERTS, [1.0, 1.0, 1.0])
+    table = router.table()
+    assert table["face"]["expert"] == "a" and table["scene"]["expert"] == "b" and table["object"]["expert"] == "c"
+    assert table["rare"]["fallback"] and table["rare"]["support"] == 5
+    assert table["rare"]["expert"] == EXPERTS[correct.mean(axis=0).argmax()] != "b"  # the best overall, not b
+    test_features, test_subjects, test_correct = subject_outcomes(seed=1)
+    assert (router.predict_subject(test_features)[5:] == test_subjects[5:]).mean() > 0.8
+    chosen = router.choose(test_features)
+    assert test_correct[np.arange(len(chosen)), chosen].mean() > test_correct.mean(axis=0).max() + 0.1
+    decisions = router.decide(test_features[:10], router_id="s1")
+    for decision, subject in zip(decisions, router.predict_subject(test_features[:10]), strict=True):
+        assert decision.level == "subject" and decision.subject == subject
+        assert decision.chosen == table[subject]["expert"] and f"subject {subject!r}" in decision.reason
+
+
+def test_subject_router_cost_weight_and_abstention():
+    features, subjects, correct = subject_outcomes()
+    thrifty = SubjectRouter(cost_weight=1.0).fit(features, subjects, correct, EXPERTS, [10.0, 10.0, 1.0])
+    assert all(row["expert"] == "c" for row in thrifty.table().values())
+    cautious = SubjectRouter(abstain_below=0.7).fit(features, subjects, correct, EXPERTS, [1.0, 1.0, 1.0])
+    decisions = cautious.decide(features[:50], router_id="s2")
+    assert {d.abstained for d in decisions} == {True, False}  # object's best is ~0.6, face/scene's ~0.9

@@ -1,0 +1,137 @@
+"""Judging a router as a sceptical user would: the routed system next to every single expert, a
+random router, all experts merged and the oracle — accuracy, AUC, cost per image, the share of
+the oracle gap closed, per subject and per generator — and its cost–accuracy curve with AIQ."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmarks.curves import (
+    area_under_cost_curve,
+    cost_accuracy_curve,
+    oracle_point,
+    plot_cost_accuracy,
+    single_expert_points,
+)
+from benchmarks.metrics import correctness, detection_scores, routing_comparison
+
+CURVE_PNG = "cost_accuracy.png"
+
+
+@dataclass
+class RoutingEvaluation:
+    systems: pd.DataFrame  # one row per system: accuracy, auc, cost (+ oracle_gap_closed for "routed")
+    breakdown: dict[str, pd.DataFrame]  # group column -> accuracy per group (rows) and system (columns)
+    curve: pd.DataFrame  # lambda, accuracy, cost, ...
+    aiq: float
+    abstained: float  # share of images the router abstained on
+    n_images: int
+    experts: list[str]
+    costs: np.ndarray
+    right: np.ndarray  # (n, k): expert j right on image i
+
+    def headline(self) -> dict[str, float]:
+        routed = self.systems.loc["routed"]
+        return {
+            "n_images": self.n_images, "accuracy": float(routed["accuracy"]), "auc": float(routed["auc"]),
+            "cost": float(routed["cost"]), "oracle_gap_closed": float(routed["oracle_gap_closed"]),
+            "best_single": self.best_single, "best_single_accuracy": float(self.systems.loc[self.best_single, "accuracy"]),
+            "oracle_accuracy": float(self.systems.loc["oracle", "accuracy"]), "aiq": self.aiq,
+            "abstained": self.abstained,
+        }
+
+    @property
+    def best_single(self) -> str:
+        experts = [name for name in self.systems.index if name not in SYSTEMS_BESIDE_EXPERTS]
+        return str(self.systems.loc[experts, "accuracy"].idxmax())
+
+
+SYSTEMS_BESIDE_EXPERTS = ("random", "merged", "routed", "oracle")
+
+
+def evaluate_routing(
+    p_fake: np.ndarray,
+    is_fake: np.ndarray,
+    experts: Sequence[str],
+    costs: Sequence[float],
+    p_correct_pred: np.ndarray,
+    chosen: np.ndarray,
+    groups: Mapping[str, Sequence[str]],
+    abstained: np.ndarray | None = None,
+    seed: int = 0,
+) -> RoutingEvaluation:
+    """p_fake (n, k): every expert's calibrated P(fake) (NaN = the expert failed, counted wrong);
+    p_correct_pred (n, k): the router's predictions; chosen (n,): the router's choice."""
+    n = len(is_fake)
+    costs = np.asarray(costs, dtype=float)
+    failed = np.isnan(p_fake)
+    # A failed expert answered nothing: it counts as confidently wrong.
+    answered = np.where(failed, np.where(np.asarray(is_fake, bool)[:, None], 0.0, 1.0), p_fake)
+    right = correctness(answered, is_fake)
+    routed_p = answered[np.arange(n), chosen]
+    rows = routing_comparison(answered, is_fake, experts, routed_p, seed=seed)
+    rows["merged"] = detection_scores(np.nanmean(np.where(failed, np.nan, p_fake), axis=1), is_fake)
+    for j, name in enumerate(experts):
+        rows[name]["cost"] = float(costs[j])
+    rows["random"]["cost"] = float(costs.mean())
+    rows["merged"]["cost"] = float(costs.sum())
+    rows["routed"]["cost"] = float(costs[chosen].mean())
+    rows["oracle"]["cost"] = oracle_point(right, costs)[0]
+    order = [*experts, *SYSTEMS_BESIDE_EXPERTS]
+    systems = pd.DataFrame.from_dict(rows, orient="index").loc[order]
+
+    breakdown = {}
+    for column, values in groups.items():
+        values = np.asarray(values, dtype=str)
+        table = {}
+        for group in sorted(set(values)):
+            members = values == group
+            table[group] = {
+                **{name: float(right[members, j].mean()) for j, name in enumerate(experts)},
+                "routed": float(right[members, chosen[members]].mean()),
+                "oracle": float(right[members].any(axis=1).mean()),
+                "n": int(members.sum()),
+            }
+        breakdown[column] = pd.DataFrame.from_dict(table, orient="index")
+
+    curve = cost_accuracy_curve(p_correct_pred, right, costs)
+    return RoutingEvaluation(
+        systems=systems,
+        breakdown=breakdown,
+        curve=curve,
+        aiq=area_under_cost_curve(curve["cost"].to_numpy(), curve["accuracy"].to_numpy()),
+        abstained=float(np.mean(abstained)) if abstained is not None and n else 0.0,
+        n_images=n,
+        experts=list(experts),
+        costs=costs,
+        right=right,
+    )
+
+
+def write_evaluation(evaluation: RoutingEvaluation, out_dir: Path, title: str) -> Path:
+    """Tables as CSV, the headline as JSON and the cost–accuracy curve as a PNG; returns the PNG."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    evaluation.systems.to_csv(out_dir / "systems.csv", index_label="system")
+    for column, table in evaluation.breakdown.items():
+        table.to_csv(out_dir / f"by_{column}.csv", index_label=column)
+    evaluation.curve.to_csv(out_dir / "curve.csv", index=False)
+    (out_dir / "evaluation.json").write_text(json.dumps(evaluation.headline(), indent=2))
+    systems = evaluation.systems
+    png = out_dir / CURVE_PNG
+    plot_cost_accuracy(
+        evaluation.curve,
+        single_expert_points(evaluation.right, evaluation.costs, evaluation.experts),
+        oracle_point(evaluation.right, evaluation.costs),
+        png,
+        title=f"{title} (AIQ {evaluation.aiq:.3f})",
+        extra_points={
+            name: (float(systems.loc[name, "cost"]), float(systems.loc[name, "accuracy"])) for name in ("random", "merged")
+        },
+    )
+    return png
