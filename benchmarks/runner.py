@@ -29,7 +29,7 @@ from benchmarks.readers import BenchmarkItem, BenchmarkSpec
 from coe.core.imaging import DecodedImage, DecodeLimits, ImageDecodeError, read_image
 from coe.core.records import ErrorCode, ErrorInfo, ExpertOutput
 from coe.core.runs import check_run_identity
-from experts.base import Expert
+from experts.base import Expert, predict_each
 
 RUN_FILE = "bench.json"
 PARTS_DIR = "parts"
@@ -147,20 +147,6 @@ def _decode(item: BenchmarkItem, limits: DecodeLimits) -> DecodedImage | ErrorIn
         return ErrorInfo(code=ErrorCode.INTERNAL_ERROR, message=f"{item.path}: {type(error).__name__}: {error}")
 
 
-def _predict(expert: Expert, images: list[np.ndarray]) -> list[ExpertOutput | ErrorInfo]:
-    """One batch; when it fails, image by image, so a pathological image costs only its own row."""
-    try:
-        return expert.predict(images)
-    except Exception:
-        results: list[ExpertOutput | ErrorInfo] = []
-        for image in images:
-            try:
-                results.append(expert.predict([image])[0])
-            except Exception as error:
-                results.append(ErrorInfo(code=ErrorCode.EXPERT_FAILED, message=f"{type(error).__name__}: {error}"))
-        return results
-
-
 def _judge_part(
     benchmark: str,
     items: list[BenchmarkItem],
@@ -175,7 +161,7 @@ def _judge_part(
     pixels = {i: perturbation.apply(decoded[i].pixels) for i in good}
     rows = []
     for entry in experts:
-        outputs = dict(zip(good, _predict(entry.expert, [pixels[i] for i in good]), strict=True))
+        outputs = dict(zip(good, predict_each(entry.expert, [pixels[i] for i in good]), strict=True))
         for i, item in enumerate(items):
             result = decoded[i]
             row = {

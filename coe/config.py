@@ -42,8 +42,14 @@ class RouterConfig(StrictModel):
     model: Literal["logreg", "lightgbm"] = "lightgbm"
     cost_weight: float = Field(default=0.0, ge=0.0, description="lambda in P(correct) - lambda * cost")
     abstain_below: float | None = Field(
-        default=None, ge=0.0, le=1.0, description="answer 'uncertain' when the best P(correct) is lower"
+        default=None, ge=0.0, le=1.0,
+        description="when training: the router abstains when the best P(correct) is lower (kept in the artifact)",
     )
+    on_abstain: Literal["uncertain", "escalate"] = Field(
+        default="uncertain",
+        description="uncertain: answer 'uncertain'; escalate: also ask the next-ranked experts and merge their answers",
+    )
+    escalate_to: int = Field(default=2, ge=2, description="how many top-ranked experts an escalated image goes to")
 
 
 class MergerConfig(StrictModel):

@@ -23,6 +23,7 @@ from coe.merger import Merger
 from coe.defaults import load_configured_router
 from coe.models import ExpertPool, open_feature_cache, routing_features
 from coe.results import RunSummary, summarize, write_results
+from experts.base import predict_each
 from router.features import FeatureCache, embed_with_cache
 
 
@@ -34,6 +35,7 @@ class LearnedRouting:
     """CLIP features (cached on disk) -> the trained router's decisions."""
 
     def __init__(self, config: CoeConfig, pool: ExpertPool, say: Callable[[str], None]):
+        self.settings = config.router
         self.extractor = routing_features(config, pool.cards)
         self.router, self.meta = load_configured_router(config, pool, self.extractor, say)
         self.cache: FeatureCache = open_feature_cache(config)
@@ -41,7 +43,8 @@ class LearnedRouting:
 
     @property
     def identity(self) -> dict:
-        return {"router": self.router_label, "features": self.extractor.extractor_id}
+        return {"router": self.router_label, "features": self.extractor.extractor_id,
+                "on_abstain": self.settings.model_dump(include={"on_abstain", "escalate_to"})}
 
     @property
     def router_label(self) -> str:
@@ -53,6 +56,11 @@ class LearnedRouting:
         self.n_embedded += embedded
         middle = time.perf_counter()
         decisions = self.router.decide(features, self.router_label)
+        if self.settings.on_abstain == "escalate":
+            for decision in decisions:
+                if decision.abstained:
+                    decision.escalated_to = [r.expert for r in decision.ranked[1 : self.settings.escalate_to]]
+                    decision.reason += f"; escalated to {', '.join(decision.escalated_to)}"
         end = time.perf_counter()
         per_image = 1000.0 / max(len(ids), 1)
         return decisions, {"features": (middle - start) * per_image, "routing": (end - middle) * per_image}
@@ -150,26 +158,33 @@ class RoutePipeline:
                 continue
             merged = self.merger.merge(decision, result)
             verdicts.append(
-                row(i, routing=decision, expert_outputs=[result], timings_ms={**timings, "expert": result.latency_ms},
-                    **merged.model_dump())
+                row(i, routing=decision, expert_outputs=result,
+                    timings_ms={**timings, "expert": sum(output.latency_ms for output in result)}, **merged.model_dump())
             )
         return verdicts
 
-    def _judge(self, decisions: list[RoutingDecision], pixels: list[np.ndarray]) -> list[ExpertOutput | ErrorInfo]:
-        """Run each chosen expert over its group in one batch. When a batch fails, the images are
-        retried one by one, and an image its expert cannot judge goes to the next-ranked expert,
-        so one pathological image costs at most its own row."""
+    def _judge(
+        self, decisions: list[RoutingDecision], pixels: list[np.ndarray]
+    ) -> list[list[ExpertOutput] | ErrorInfo]:
+        """Run each expert over the images sent to it in one batch: the chosen expert's, then those of
+        escalated images. When a batch fails, its images are retried one by one, and an image its
+        chosen expert cannot judge goes to the next-ranked expert, so one pathological image costs
+        at most its own row. An escalated expert that fails is left out of the merge."""
         results: list = [None] * len(pixels)
-        groups: dict[str, list[int]] = defaultdict(list)
-        for index, decision in enumerate(decisions):
-            groups[decision.chosen].append(index)
-        for expert_name, members in groups.items():
+        for expert_name, members in _groups(decision.chosen for decision in decisions).items():
             try:
                 batch = self.pool.get(expert_name).predict([pixels[i] for i in members])
             except Exception:
                 batch = [self._judge_one(decisions[i], pixels[i]) for i in members]
             for i, output in zip(members, batch, strict=True):
-                results[i] = output
+                results[i] = output if isinstance(output, ErrorInfo) else [output]
+        escalations = [(i, name) for i, d in enumerate(decisions) for name in d.escalated_to]
+        for expert_name, members in _groups(name for _, name in escalations).items():
+            images = [escalations[m][0] for m in members]
+            outputs = predict_each(self.pool.get(expert_name), [pixels[i] for i in images])
+            for i, output in zip(images, outputs, strict=True):
+                if isinstance(results[i], list) and isinstance(output, ExpertOutput):
+                    results[i].append(output)
         return results
 
     def _judge_one(self, decision: RoutingDecision, image: np.ndarray) -> ExpertOutput | ErrorInfo:
@@ -188,6 +203,14 @@ class RoutePipeline:
 
     def close(self) -> None:
         self.routing.close()
+
+
+def _groups(names) -> dict[str, list[int]]:
+    """Positions by expert name, in first-seen order."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for index, name in enumerate(names):
+        groups[name].append(index)
+    return groups
 
 
 def route(

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from coe.core.records import ExpertOutput
+from coe.core.records import ErrorCode, ErrorInfo, ExpertOutput
 
 Capability = Literal["detect", "localize", "explain"]
 
@@ -82,6 +82,20 @@ class Expert(ABC):
             )
             for p in probabilities
         ]
+
+
+def predict_each(expert: Expert, images: Sequence[np.ndarray]) -> list[ExpertOutput | ErrorInfo]:
+    """One batch; when it fails, image by image, so a pathological image costs only its own answer."""
+    try:
+        return expert.predict(images)
+    except Exception:
+        results: list[ExpertOutput | ErrorInfo] = []
+        for image in images:
+            try:
+                results.append(expert.predict([image])[0])
+            except Exception as error:
+                results.append(ErrorInfo(code=ErrorCode.EXPERT_FAILED, message=f"{type(error).__name__}: {error}"))
+        return results
 
 
 class TrainableExpert(Expert):

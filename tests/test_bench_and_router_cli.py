@@ -19,7 +19,7 @@ from PIL import Image
 
 from benchmarks.outcomes import OUTCOME_COLUMNS, read_outcomes
 from benchmarks.runner import METRICS_FILE, OUTCOMES_FILE, PARTS_DIR
-from coe.defaults import DEFAULT_OUTCOMES
+from coe.defaults import DEFAULT_OUTCOMES, DEFAULT_SPLIT
 from router.artifact import read_router_meta
 
 COE = [sys.executable, "-m", "coe"]
@@ -202,3 +202,29 @@ def test_outcomes_of_a_retrained_expert_are_refused(tmp_path, trained_config, de
     assert result.returncode == 2
     message = flat(result.stderr)
     assert str(default_outcomes) in message and "'dct'" in message and "run `coe bench run` again" in message
+
+
+def test_abstaining_router_answers_uncertain_or_escalates_as_configured(tmp_path, trained_config, default_outcomes):
+    from coe.pipeline import route
+    from coe.routing import train_router_from_outcomes
+
+    cautious = trained_config.model_copy(deep=True)
+    cautious.router.abstain_below = 0.95
+    folder, _, _ = train_router_from_outcomes(cautious, [default_outcomes], tmp_path / "cautious",
+                                              split=DEFAULT_SPLIT, show_progress=False)
+    images = [trained_config.home / "benchmarks/builtin/fake"]
+    answers = {}
+    for action in ("uncertain", "escalate"):
+        settings = trained_config.model_copy(deep=True)
+        settings.router.path, settings.router.on_abstain = folder, action
+        route(settings, images, tmp_path / action, show_progress=False)
+        answers[action] = [json.loads(line) for line in (tmp_path / action / "results.jsonl").read_text().splitlines()]
+    abstained = [row for row in answers["uncertain"] if row["routing"]["abstained"]]
+    assert abstained and all(row["label"] == "uncertain" and len(row["expert_outputs"]) == 1 for row in abstained)
+    escalated = [row for row in answers["escalate"] if row["routing"]["abstained"]]
+    assert len(escalated) == len(abstained)
+    for row in escalated:
+        consulted = [output["expert"] for output in row["expert_outputs"]]
+        assert consulted == [row["routing"]["chosen"], *row["routing"]["escalated_to"]] and len(consulted) == 2
+        assert row["decided_by"] == "+".join(consulted) and "escalated" in row["reason"]
+    assert any(row["label"] != "uncertain" for row in escalated)

@@ -92,6 +92,7 @@ class RoutingDecision(Record):
     ranked: list[RankedExpert] = []
     chosen: str | None
     abstained: bool = False
+    escalated_to: list[str] = Field(default=[], description="further experts consulted because the router abstained")
     reason: str
 
 
