@@ -198,11 +198,14 @@ def _scores(item: BenchmarkItem, output: ExpertOutput, size: tuple[int, int], pe
     truth = item.ground_truth_mask(size)
     if truth is not None and output.union_mask_file:
         truth = perturbation.apply_to_mask(truth)
-        predicted = Image.open(output.union_mask_file).convert("L")
-        if predicted.size != (truth.shape[1], truth.shape[0]):
-            predicted = predicted.resize((truth.shape[1], truth.shape[0]), Image.Resampling.NEAREST)
-        quality = mask_scores(np.asarray(predicted) > 0, truth)
-        scores.update(mask_iou=quality["iou"], mask_f1=quality["f1"])
+        try:
+            with Image.open(output.union_mask_file) as mask:
+                predicted = mask.convert("L").resize((truth.shape[1], truth.shape[0]), Image.Resampling.NEAREST)
+        except OSError as error:  # the expert's mask file is unusable: its verdict still counts
+            scores["error"] = f"{ErrorCode.EXPERT_FAILED.value}: mask {output.union_mask_file}: {error}"
+        else:
+            quality = mask_scores(np.asarray(predicted) > 0, truth)
+            scores.update(mask_iou=quality["iou"], mask_f1=quality["f1"])
     if output.explanation and item.explanation:
         scores["rouge_l"] = rouge_l(output.explanation, item.explanation)
     return scores

@@ -50,7 +50,7 @@ from coe.defaults import DEFAULT_ROUTER, build_default_models
 from coe.models import FEATURE_CACHE, ExpertPool, routing_features
 from coe.pipeline import route
 from coe.results import RunSummary
-from router.artifact import has_artifact, read_router_meta
+from router.artifact import has_readable_artifact, read_router_meta
 from router.features import RoutingFeatures
 
 JPEG_QUALITY = 90
@@ -146,7 +146,7 @@ def ensure_models(config: CoeConfig, extractor: RoutingFeatures, console: Consol
     (None when all were there). Refuses a router trained on other features than configured."""
     router_folder = config.router.path or config.resolve_in_home(DEFAULT_ROUTER)
     seconds = None
-    if ExpertPool(config).untrained() or not has_artifact(router_folder):
+    if ExpertPool(config).untrained() or not has_readable_artifact(router_folder):
         console.print(f"building the default experts and router in {config.home} (once; a few minutes)")
         start = time.perf_counter()
         build_default_models(config, say=lambda message: console.print(f"  {message}"), console=console)

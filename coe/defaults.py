@@ -15,7 +15,7 @@ from coe.bench import bench_run, ensure_builtin_benchmark, train_untrained_exper
 from coe.config import CoeConfig
 from coe.models import ExpertPool
 from coe.routing import train_router_from_outcomes
-from router.artifact import has_artifact, load_router
+from router.artifact import has_readable_artifact, load_router
 from router.features import RoutingFeatures
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def build_default_models(
 def load_configured_router(config: CoeConfig, pool: ExpertPool, extractor: RoutingFeatures, say):
     """The router named in the config, or the default one, built on first use."""
     folder = config.router.path or config.resolve_in_home(DEFAULT_ROUTER)
-    if config.router.path is None and (pool.untrained() or not has_artifact(folder)):
+    if config.router.path is None and (pool.untrained() or not has_readable_artifact(folder)):
         say(
             f"first use: no default models in {config.home}; building them once from the built-in benchmark "
             "(a few minutes; `coe demo` shows how they compare)"

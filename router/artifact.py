@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import joblib
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from router.calibration import PlattCalibration
 
@@ -74,10 +74,6 @@ def router_home(path: Path) -> Path:
     return path.parent if _VERSION.match(path.name) and (path / META_FILE).exists() else path
 
 
-def has_artifact(path: Path) -> bool:
-    return (path / META_FILE).exists() or bool(_versions(path))
-
-
 def resolve_artifact(path: Path) -> Path:
     """A version folder as given, or the latest version in a router folder."""
     if (path / META_FILE).exists():
@@ -102,7 +98,23 @@ def save_router(folder: Path, router, meta: RouterMeta) -> Path:
 
 
 def read_router_meta(path: Path) -> RouterMeta:
-    return RouterMeta.model_validate(json.loads((resolve_artifact(path) / META_FILE).read_text()))
+    meta_file = resolve_artifact(path) / META_FILE
+    try:
+        return RouterMeta.model_validate(json.loads(meta_file.read_text()))
+    except (ValueError, ValidationError) as error:
+        raise RouterMismatchError(
+            f"{meta_file} is not a router artifact this coe can read (an older format, or damaged): retrain it "
+            f"with `coe router train` ({str(error).splitlines()[0]})"
+        ) from None
+
+
+def has_readable_artifact(path: Path) -> bool:
+    """False for a missing artifact and for one an older coe wrote."""
+    try:
+        read_router_meta(path)
+    except (FileNotFoundError, RouterMismatchError):
+        return False
+    return True
 
 
 def load_router(path: Path, extractor_id: str, experts: dict[str, str]):

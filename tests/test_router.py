@@ -3,6 +3,8 @@ the wrong setting."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -161,3 +163,18 @@ def test_subject_router_cost_weight_and_abstention():
     cautious = SubjectRouter(abstain_below=0.7).fit(features, subjects, correct, EXPERTS, [1.0, 1.0, 1.0])
     decisions = cautious.decide(features[:50], router_id="s2")
     assert {d.abstained for d in decisions} == {True, False}  # object's best is ~0.6, face/scene's ~0.9
+
+
+def test_an_artifact_of_an_older_format_is_refused_with_what_to_do(tmp_path):
+    from router.artifact import META_FILE, has_readable_artifact
+
+    features, correct = outcomes()
+    folder = save_router(tmp_path / "r", QueryRouter().fit(features, correct, EXPERTS, [1.0] * 3), meta())
+    assert has_readable_artifact(tmp_path / "r")
+    old = json.loads((folder / META_FILE).read_text())
+    del old["model"]
+    old["format_version"] = 1
+    (folder / META_FILE).write_text(json.dumps(old))
+    assert not has_readable_artifact(tmp_path / "r") and not has_readable_artifact(tmp_path / "nothing")
+    with pytest.raises(RouterMismatchError, match="older format, or damaged.*coe router train"):
+        load_router(tmp_path / "r", "open_clip/x/1", {"a": "1:aa", "b": "1:bb", "c": "1:cc"})
