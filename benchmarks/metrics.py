@@ -18,8 +18,9 @@ def detection_scores(p_fake: np.ndarray, is_fake: np.ndarray) -> dict[str, float
 
 
 def correctness(p_fake: np.ndarray, is_fake: np.ndarray) -> np.ndarray:
-    """(n, k) booleans: expert j's verdict at 0.5 on image i is right."""
-    return (np.asarray(p_fake) >= 0.5) == np.asarray(is_fake, dtype=bool)[:, None]
+    """(n, k) booleans: expert j's verdict at 0.5 on image i is right; NaN (the expert failed) is wrong."""
+    p_fake = np.asarray(p_fake, dtype=float)
+    return ((p_fake >= 0.5) == np.asarray(is_fake, dtype=bool)[:, None]) & ~np.isnan(p_fake)
 
 
 def oracle_p_fake(p_fake: np.ndarray, is_fake: np.ndarray) -> np.ndarray:

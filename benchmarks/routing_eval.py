@@ -73,7 +73,7 @@ def evaluate_routing(
     failed = np.isnan(p_fake)
     # A failed expert answered nothing: it counts as confidently wrong.
     answered = np.where(failed, np.where(np.asarray(is_fake, bool)[:, None], 0.0, 1.0), p_fake)
-    right = correctness(answered, is_fake)
+    right = correctness(p_fake, is_fake)
     routed_p = answered[np.arange(n), chosen]
     rows = routing_comparison(answered, is_fake, experts, routed_p, seed=seed)
     rows["merged"] = detection_scores(np.nanmean(np.where(failed, np.nan, p_fake), axis=1), is_fake)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
@@ -26,7 +27,6 @@ from benchmarks.outcomes import (
     OutcomeMatrix,
     OutcomeTableError,
     SplitSpec,
-    file_digest,
     read_outcomes,
     split_samples,
 )
@@ -60,11 +60,19 @@ class Samples:
         return Samples(self.matrix.take(rows), self.features[rows])
 
 
-def _check_identities(paths: Sequence[Path], pool: ExpertPool) -> None:
-    """Outcomes made by another version of an expert describe a different expert: refuse them."""
+def _sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _read_current_outcomes(paths: Sequence[Path], pool: ExpertPool) -> pd.DataFrame:
+    """The outcome tables, read once; outcomes made by another version of an expert describe a
+    different expert, so they are refused, naming the file."""
     current = pool.identities()
+    frames = []
     for path in paths:
         frame = read_outcomes([path])
+        frames.append(frame)
         made_by = frame.drop_duplicates(["expert", "expert_identity"])
         for expert, identity in zip(made_by["expert"], made_by["expert_identity"], strict=True):
             if expert in current and identity != current[expert]:
@@ -72,6 +80,7 @@ def _check_identities(paths: Sequence[Path], pool: ExpertPool) -> None:
                     f"{path}: outcomes of expert {expert!r} were made by identity {identity}, but the configured "
                     f"{expert!r} is {current[expert]} (retrained?): run `coe bench run` again for it"
                 )
+    return pd.concat(frames, ignore_index=True)
 
 
 def _feature_key(image_id: str, perturbation: str) -> str:
@@ -123,8 +132,7 @@ def load_samples(
     config: CoeConfig, pool: ExpertPool, extractor: RoutingFeatures, outcome_paths: Sequence[Path],
     console: Console, show_progress: bool,
 ) -> Samples:
-    _check_identities(outcome_paths, pool)
-    matrix = OutcomeMatrix.from_frame(read_outcomes(outcome_paths), list(pool.cards))
+    matrix = OutcomeMatrix.from_frame(_read_current_outcomes(outcome_paths, pool), list(pool.cards))
     judged = ~np.isnan(matrix.p_fake).all(axis=1)  # images no expert could read carry nothing to learn
     matrix = matrix.take(np.flatnonzero(judged))
     features, usable = sample_features(config, extractor, matrix, console, show_progress)
@@ -143,10 +151,6 @@ def calibrated(matrix: OutcomeMatrix, calibration: dict[str, PlattCalibration]) 
     """Calibrated P(fake), NaN kept where an expert failed."""
     columns = [calibration[name].apply(np.nan_to_num(matrix.p_fake[:, j], nan=0.5)) for j, name in enumerate(matrix.experts)]
     return np.where(np.isnan(matrix.p_fake), np.nan, np.stack(columns, axis=1))
-
-
-def _right(p_fake: np.ndarray, is_fake: np.ndarray) -> np.ndarray:
-    return correctness(np.nan_to_num(p_fake, nan=-1.0), is_fake) & ~np.isnan(p_fake)
 
 
 def _groups(samples) -> dict[str, list[str]]:
@@ -202,7 +206,7 @@ def train_router_from_outcomes(
             f"{sorted(set(samples.matrix.samples['split']))} and generators {sorted(set(samples.matrix.samples['generator']))}"
         )
     calibration = fit_calibration(train.matrix)
-    right = _right(calibrated(train.matrix, calibration), train.matrix.is_fake)
+    right = correctness(calibrated(train.matrix, calibration), train.matrix.is_fake)
     costs = [pool.cards[name].cost for name in names]
     settings = {"model": config.router.model, "cost_weight": config.router.cost_weight,
                 "abstain_below": config.router.abstain_below}
@@ -218,7 +222,7 @@ def train_router_from_outcomes(
         level=level,
         model=config.router.model,
         subject_column=subject_column if level == "subject" else None,
-        trained_on=[TrainingSource(path=str(path), sha256=file_digest(path)) for path in outcome_paths],
+        trained_on=[TrainingSource(path=str(path), sha256=_sha256(path)) for path in outcome_paths],
         split=split.model_dump(),
         extractor_id=extractor.extractor_id,
         feature_dim=int(samples.features.shape[1]),

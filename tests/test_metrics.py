@@ -10,6 +10,7 @@ import pytest
 
 from benchmarks.metrics import (
     DETECTOR_METRIC_NAMES,
+    correctness,
     detection_scores,
     detector_metrics,
     expected_calibration_error,
@@ -131,3 +132,8 @@ def test_grouped_metrics_have_one_row_per_group():
         grouped_detector_metrics(frame, ["content"])
     with pytest.raises(ValueError, match="'real' or 'fake'"):
         grouped_detector_metrics(frame.assign(label="yes"), ["generator"])
+
+
+def test_an_expert_that_failed_is_never_counted_right():
+    p_fake = np.array([[0.9, np.nan], [0.2, np.nan]])
+    assert correctness(p_fake, np.array([1, 0])).tolist() == [[True, False], [True, False]]
