@@ -48,6 +48,7 @@ OUTCOME_SCHEMA = pa.schema([
     _field("mask_iou", pa.float64(), "IoU of the expert's union mask with the ground-truth mask, where both exist",
            nullable=True),
     _field("mask_f1", pa.float64(), "pixel F1 of the same masks", nullable=True),
+    _field("mask_file", pa.string(), "the expert's union mask (PNG), relative to the run folder", nullable=True),
     _field("explanation", pa.string(), "the expert's explanation text, if it gave one", nullable=True),
     _field("rouge_l", pa.float64(), "ROUGE-L F of the explanation against the reference explanation", nullable=True),
     _field("css", pa.float64(), "cosine similarity of sentence embeddings of explanation and reference",

@@ -27,6 +27,7 @@ from benchmarks.outcomes import read_outcomes, write_outcomes
 from benchmarks.perturbations import Perturbation
 from benchmarks.readers import BenchmarkItem, BenchmarkSpec
 from coe.core.imaging import DecodedImage, DecodeLimits, ImageDecodeError, read_image
+from coe.core.masks import MASKS_DIR, save_masks
 from coe.core.records import ErrorCode, ErrorInfo, ExpertOutput
 from coe.core.runs import check_run_identity
 from experts.base import Expert, predict_each
@@ -91,7 +92,7 @@ def run_benchmarks(
         "chunk_size": chunk_size,
         "explanation_similarity": str(similarity.model_folder) if similarity else None,
     }
-    check_run_identity(out_dir, RUN_FILE, identity, restart, discard=[PARTS_DIR, OUTCOMES_FILE, METRICS_FILE])
+    check_run_identity(out_dir, RUN_FILE, identity, restart, discard=[PARTS_DIR, OUTCOMES_FILE, METRICS_FILE, MASKS_DIR])
     work = [
         (benchmark, perturbation, start, _part_path(out_dir, benchmark.spec.name, perturbation, start))
         for benchmark in benchmarks
@@ -112,7 +113,9 @@ def run_benchmarks(
             items = benchmark.items[start : start + chunk_size]
             if not part.exists():
                 progress.update(task, description=f"{benchmark.spec.name} / {perturbation.name}")
-                rows = _judge_part(benchmark.spec.name, items, perturbation, experts, decoders, limits, similarity)
+                rows = _judge_part(
+                    benchmark.spec.name, items, perturbation, experts, decoders, limits, similarity, out_dir
+                )
                 write_outcomes(rows, part)
             progress.advance(task, len(items))
 
@@ -155,6 +158,7 @@ def _judge_part(
     decoders: ThreadPoolExecutor,
     limits: DecodeLimits,
     similarity: SentenceSimilarity | None,
+    out_dir: Path,
 ) -> list[dict]:
     decoded = list(decoders.map(lambda item: _decode(item, limits), items))
     good = [i for i, result in enumerate(decoded) if isinstance(result, DecodedImage)]
@@ -174,7 +178,9 @@ def _judge_part(
             if isinstance(output, ErrorInfo):
                 row["error"] = f"{output.code.value}: {output.message}"
             else:
-                row.update(_scores(item, output, result.pixels.shape[:2], perturbation))
+                mask_key = f"{benchmark}/{perturbation.name.replace(':', '_')}/{result.record.id[:16]}"
+                save_masks(output, out_dir, mask_key)
+                row.update(_scores(item, output, result.pixels.shape[:2], perturbation, out_dir))
             rows.append(row)
     if similarity is not None:
         scored = [row for row in rows if row.get("rouge_l") is not None]
@@ -190,16 +196,18 @@ def _id_of_unreadable(item: BenchmarkItem) -> str:
     return "unreadable:" + hashlib.sha256(str(item.path).encode()).hexdigest()
 
 
-def _scores(item: BenchmarkItem, output: ExpertOutput, size: tuple[int, int], perturbation: Perturbation) -> dict:
+def _scores(
+    item: BenchmarkItem, output: ExpertOutput, size: tuple[int, int], perturbation: Perturbation, out_dir: Path
+) -> dict:
     scores = {
         "p_fake": output.p_fake, "verdict": output.label, "correct": output.label == item.label,
-        "latency_ms": output.latency_ms, "explanation": output.explanation,
+        "latency_ms": output.latency_ms, "explanation": output.explanation, "mask_file": output.union_mask_file,
     }
     truth = item.ground_truth_mask(size)
     if truth is not None and output.union_mask_file:
         truth = perturbation.apply_to_mask(truth)
         try:
-            with Image.open(output.union_mask_file) as mask:
+            with Image.open(out_dir / output.union_mask_file) as mask:
                 predicted = mask.convert("L").resize((truth.shape[1], truth.shape[0]), Image.Resampling.NEAREST)
         except OSError as error:  # the expert's mask file is unusable: its verdict still counts
             scores["error"] = f"{ErrorCode.EXPERT_FAILED.value}: mask {output.union_mask_file}: {error}"

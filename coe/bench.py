@@ -18,7 +18,7 @@ from benchmarks.readers import BenchmarkSpec, load_benchmark_spec, read_benchmar
 from benchmarks.runner import BenchRunSummary, ExpertUnderTest, LoadedBenchmark, run_benchmarks
 from coe.config import CONFIG_DIR, CoeConfig, ConfigError
 from coe.core.imaging import read_image
-from coe.models import ExpertPool, expert_identity
+from coe.models import ExpertPool
 from experts.base import create_expert
 
 BENCHMARK_DIR = CONFIG_DIR / "benchmarks"
@@ -74,7 +74,7 @@ def experts_under_test(config: CoeConfig, names: Sequence[str] | None, say: Call
         raise ConfigError(f"--expert {unknown}: not configured experts ({', '.join(pool.cards)})")
     train_untrained_experts(config, pool, say)
     return [
-        ExpertUnderTest(name=name, expert=pool.get(name), identity=expert_identity(pool.get(name)),
+        ExpertUnderTest(name=name, expert=pool.get(name), identity=pool.get(name).identity,
                         cost=pool.cards[name].cost)
         for name in (names or list(pool.cards))
     ]

@@ -114,20 +114,24 @@ def demo_command(
 
 @experts_app.command("list")
 def experts_list(config: ConfigOption = None, set_: SetOption = None) -> None:
-    """The configured experts, their cards and whether they are trained."""
-    from coe.models import ExpertPool
+    """Every expert card, what it costs and needs, whether it is enabled, and where its weights are."""
+    from coe.config import load_expert_card
+    from coe.models import weights_status
 
-    pool = ExpertPool(_setup(config, set_))
-    untrained = set(pool.untrained())
-    table = Table(title="configured experts")
-    for column in ("name", "family", "version", "capabilities", "cost", "weights", "trained"):
-        table.add_column(column)
-    for name, card in pool.cards.items():
-        table.add_row(
-            name, card.family, card.version, ", ".join(card.capabilities), f"{card.cost:g}",
-            str(pool.weights_folder(name)), "no" if name in untrained else "yes",
+    settings = _setup(config, set_)
+    table = Table(title=f"expert cards in {settings.experts_dir}")
+    for column in ("name", "family", "enabled", "capabilities", "cost ms", "GPU", "memory", "weights"):
+        table.add_column(column, overflow="fold")
+    for card_file in sorted(settings.experts_dir.glob("*.yaml")):
+        card = load_expert_card(settings, card_file.stem)
+        role = "routed" if card.name in settings.experts else (
+            "localiser" if card.name == settings.localize.expert else "no"
         )
-    Console().print(table)
+        table.add_row(
+            card.name, card.family, role, ", ".join(card.capabilities), f"{card.cost:g}",
+            f"{card.resources.num_gpus:g}", f"{card.resources.memory_mb} MB", weights_status(settings, card),
+        )
+    _stdout().print(table)
 
 
 @experts_app.command("train")

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from coe.core.imaging import DecodeLimits
+from coe.core.records import VerdictLabel
 from experts.base import ExpertCard
 from router.features import ClipSpec
 
@@ -57,6 +58,15 @@ class MergerConfig(StrictModel):
     uncertain_high: float = Field(default=0.65, ge=0.5, le=1.0)
 
 
+class LocalizeConfig(StrictModel):
+    expert: str | None = Field(
+        default=None,
+        description="a localising expert's card (e.g. legion): after the verdict, images labelled as in `verdicts` "
+        "get its artifact masks and explanation",
+    )
+    verdicts: list[VerdictLabel] = Field(default=["fake"], min_length=1)
+
+
 class RunConfig(StrictModel):
     chunk_size: int = Field(default=64, ge=1, description="images decoded, embedded and committed together")
     decode_workers: int = Field(default=2, ge=1)
@@ -72,6 +82,7 @@ class CoeConfig(StrictModel):
     features: FeaturesConfig = FeaturesConfig()
     router: RouterConfig = RouterConfig()
     merger: MergerConfig = MergerConfig()
+    localize: LocalizeConfig = LocalizeConfig()
     run: RunConfig = RunConfig()
 
     @model_validator(mode="after")
@@ -152,21 +163,20 @@ def load_config(config_file: Path | None = None, overrides: list[str] | tuple[st
         raise ConfigError(_describe(error, " < ".join(source for source, _ in layers))) from None
 
 
+def load_expert_card(config: CoeConfig, name: str) -> ExpertCard:
+    card_file = config.experts_dir / f"{name}.yaml"
+    if not card_file.exists():
+        available = sorted(path.stem for path in config.experts_dir.glob("*.yaml"))
+        raise ConfigError(f"expert {name!r} is configured but {card_file} does not exist; available cards: {available}")
+    try:
+        card = ExpertCard.model_validate(_read_yaml(card_file))
+    except ValidationError as error:
+        raise ConfigError(_describe(error, str(card_file))) from None
+    if card.name != name:
+        raise ConfigError(f"{card_file}: name: {card.name!r} does not match the file name {name!r}")
+    return card
+
+
 def load_expert_cards(config: CoeConfig) -> dict[str, ExpertCard]:
     """The cards of the enabled experts, in configured order."""
-    cards: dict[str, ExpertCard] = {}
-    for name in config.experts:
-        card_file = config.experts_dir / f"{name}.yaml"
-        if not card_file.exists():
-            available = sorted(path.stem for path in config.experts_dir.glob("*.yaml"))
-            raise ConfigError(
-                f"expert {name!r} is enabled but {card_file} does not exist; available cards: {available}"
-            )
-        try:
-            card = ExpertCard.model_validate(_read_yaml(card_file))
-        except ValidationError as error:
-            raise ConfigError(_describe(error, str(card_file))) from None
-        if card.name != name:
-            raise ConfigError(f"{card_file}: name: {card.name!r} does not match the file name {name!r}")
-        cards[name] = card
-    return cards
+    return {name: load_expert_card(config, name) for name in config.experts}

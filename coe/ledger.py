@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from coe.core.records import Verdict
+from coe.core.masks import MASKS_DIR
 from coe.core.runs import check_run_identity as check_identity
 
 LEDGER_FILE = "ledger.jsonl"
@@ -67,4 +68,4 @@ class Ledger:
 
 
 def check_run_identity(out_dir: Path, identity: dict, restart: bool) -> None:
-    check_identity(out_dir, RUN_FILE, identity, restart, discard=[LEDGER_FILE])
+    check_identity(out_dir, RUN_FILE, identity, restart, discard=[LEDGER_FILE, MASKS_DIR])

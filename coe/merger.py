@@ -1,6 +1,7 @@
 """The merger: turns the routed expert's output (or, for an escalated image, the outputs of the
 experts it was escalated to) into the verdict users read — a calibrated p_fake, a label real /
-fake / uncertain, who decided, and why."""
+fake / uncertain, who decided, and why — and gathers the evidence: the experts' explanations, the
+artifacts they localised (phrase, category, mask) and the mask the verdict shows."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from coe.config import MergerConfig
-from coe.core.records import ExpertOutput, RoutingDecision, VerdictLabel
+from coe.core.records import ExpertOutput, Localization, RoutingDecision, VerdictLabel
 from router.calibration import PlattCalibration
 
 
@@ -18,6 +19,7 @@ class MergedVerdict(BaseModel):
     decided_by: str
     reason: str
     explanation: str
+    mask_file: str | None = None
 
 
 class Merger:
@@ -36,11 +38,21 @@ class Merger:
         calibration = self.calibration.get(output.expert)
         return float(calibration.apply(output.p_fake)) if calibration else output.p_fake
 
-    def merge(self, decision: RoutingDecision, outputs: list[ExpertOutput]) -> MergedVerdict:
-        """`outputs`: the routed expert's first, then those of the experts it was escalated to."""
-        if len(outputs) > 1:
-            return self._merge_escalated(decision, outputs)
-        output = outputs[0]
+    def merge(
+        self, decision: RoutingDecision, outputs: list[ExpertOutput], localization: Localization | None = None
+    ) -> MergedVerdict:
+        """`outputs`: the routed expert's first, then those of the experts it was escalated to;
+        `localization`: what the localising expert found once the verdict was known. It adds
+        evidence (explanation, artifacts, the mask shown) and never changes the label."""
+        merged = self._merge_escalated(decision, outputs) if len(outputs) > 1 else self._merge_one(decision, outputs[0])
+        # The mask shown is the localiser's, else that of the first expert (the routed one) that gave one.
+        evidence = [localization, *outputs] if localization else outputs
+        merged.mask_file = next((item.union_mask_file for item in evidence if item.union_mask_file), None)
+        if localization:
+            merged.explanation += "; " + self._explained(localization)
+        return merged
+
+    def _merge_one(self, decision: RoutingDecision, output: ExpertOutput) -> MergedVerdict:
         p_fake = self.calibrated(output)
         calibrated = "calibrated" if output.expert in self.calibration else "uncalibrated"
         label = "uncertain" if decision.abstained else self.label_for(p_fake)
@@ -82,6 +94,14 @@ class Merger:
         return f"p_fake {p_fake:.2f} lies in the uncertain band ({band})"
 
     @staticmethod
-    def _explained(output: ExpertOutput) -> str:
-        explanation = f"{output.expert} judged the image {output.label} (raw p_fake {output.p_fake:.2f})"
-        return f"{explanation}: {output.explanation}" if output.explanation else explanation
+    def _explained(evidence: ExpertOutput | Localization) -> str:
+        if isinstance(evidence, ExpertOutput):
+            said = f"{evidence.expert} judged the image {evidence.label} (raw p_fake {evidence.p_fake:.2f})"
+        else:
+            said = f"{evidence.expert} was asked where the artifacts are"
+        if evidence.artifacts:
+            found = "; ".join(f"{artifact.category}: {artifact.phrase}" for artifact in evidence.artifacts)
+            said += f" and localised {len(evidence.artifacts)} artifact(s) ({found})"
+        elif isinstance(evidence, Localization) and not isinstance(evidence, ExpertOutput):
+            said += " and localised none"
+        return f"{said}: {evidence.explanation}" if evidence.explanation else said

@@ -6,20 +6,22 @@ import hashlib
 from pathlib import Path
 
 from coe.config import CoeConfig, ConfigError, load_expert_cards
-from experts.base import Expert, ExpertCard, TrainableExpert, create_expert
+from experts.base import Expert, ExpertCard, PretrainedExpert, TrainableExpert, create_expert
+from experts.weights import WeightsNotFoundError, hub_repo, locate_weights
 from experts.classic import META_FILE, DescriptorExpert
 from router.features import ClipFeatureExtractor, FeatureCache, RoutingFeatures
 
 FEATURE_CACHE = Path("features.sqlite")
 
 
-def expert_identity(expert: Expert) -> str:
-    data_hash = getattr(expert, "meta", {}).get("training_data_hash", "untrained")
-    return f"{expert.card.version}:{data_hash[:12]}"
-
-
 def expert_weights_folder(config: CoeConfig, card: ExpertCard) -> Path:
     return config.resolve_in_home(card.weights or f"experts/{card.name}")
+
+
+def pretrained_weights(config: CoeConfig, expert: PretrainedExpert) -> str | Path:
+    """The card's `weights` (a hub reference, or a path resolved in COE home), else the family's default."""
+    reference = expert.card.weights or expert.default_weights
+    return reference if hub_repo(reference) else config.resolve_in_home(reference)
 
 
 class ExpertPool:
@@ -38,6 +40,8 @@ class ExpertPool:
             expert = create_expert(self.cards[name])
             if isinstance(expert, TrainableExpert):
                 expert.load(self.weights_folder(name))
+            elif isinstance(expert, PretrainedExpert):
+                expert.load(pretrained_weights(self.config, expert))
             self._loaded[name] = expert
         return self._loaded[name]
 
@@ -46,7 +50,7 @@ class ExpertPool:
         self._loaded.clear()
 
     def identities(self) -> dict[str, str]:
-        return {name: expert_identity(self.get(name)) for name in self.cards}
+        return {name: self.get(name).identity for name in self.cards}
 
     def untrained(self) -> list[str]:
         return [
@@ -55,6 +59,20 @@ class ExpertPool:
             if isinstance(create_expert(self.cards[name]), TrainableExpert)
             and not (self.weights_folder(name) / META_FILE).exists()
         ]
+
+
+def weights_status(config: CoeConfig, card: ExpertCard) -> str:
+    """Where an expert's weights are, or what is missing, without loading or downloading anything."""
+    expert = create_expert(card)
+    if isinstance(expert, TrainableExpert):
+        folder = expert_weights_folder(config, card)
+        return f"trained: {folder}" if (folder / META_FILE).exists() else f"untrained: coe experts train {card.name}"
+    if isinstance(expert, PretrainedExpert):
+        try:
+            return f"found: {locate_weights(pretrained_weights(config, expert), card.name, download=False)}"
+        except WeightsNotFoundError as error:
+            return f"missing: {error}"
+    return "needs no weights"
 
 
 def routing_features(config: CoeConfig, cards: dict[str, ExpertCard]) -> RoutingFeatures:

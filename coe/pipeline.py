@@ -1,5 +1,6 @@
 """`coe route` as a Python API: ingest -> decode -> CLIP features -> router -> experts -> merger
--> ledger, chunk by chunk, so that memory stays flat and an interrupted run resumes."""
+-> (localiser for the verdicts that want one) -> ledger, chunk by chunk, so that memory stays flat
+and an interrupted run resumes."""
 
 from __future__ import annotations
 
@@ -14,16 +15,17 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from coe.config import CoeConfig
+from coe.config import CoeConfig, load_expert_card
 from coe.core.imaging import DecodedImage, ImageDecodeError, read_image
-from coe.core.records import ErrorCode, ErrorInfo, ExpertOutput, RoutingDecision, Verdict
+from coe.core.masks import save_masks
+from coe.core.records import ErrorCode, ErrorInfo, ExpertOutput, Localization, RoutingDecision, Verdict
 from coe.ingest import IngestItem, discover
 from coe.ledger import Ledger, check_run_identity
 from coe.merger import Merger
 from coe.defaults import load_configured_router
 from coe.models import ExpertPool, open_feature_cache, routing_features
 from coe.results import RunSummary, summarize, write_results
-from experts.base import predict_each
+from experts.base import Localizer, localize_each, predict_each
 from router.features import FeatureCache, embed_with_cache
 
 
@@ -106,15 +108,32 @@ def _decode(item: IngestItem, config: CoeConfig) -> DecodedImage | ErrorInfo:
         return ErrorInfo(code=ErrorCode.INTERNAL_ERROR, message=f"{item.path}: {type(error).__name__}: {error}")
 
 
+def load_localizer(config: CoeConfig) -> Localizer | None:
+    name = config.localize.expert
+    if name is None:
+        return None
+    card = load_expert_card(config, name)
+    localizer = ExpertPool(config, {name: card}).get(name)
+    if not isinstance(localizer, Localizer):
+        raise PipelineError(f"localize.expert: {name!r} ({card.family}) does not localise artifacts")
+    return localizer
+
+
 class RoutePipeline:
+    """`run_dir`: where masks are written as PNG files (masks/<image id>/...); without one, masks
+    stay attached in memory to the verdicts' outputs."""
+
     def __init__(
         self,
         config: CoeConfig,
         expert: str | None = None,
         say: Callable[[str], None] = print,
+        run_dir: Path | None = None,
     ):
         self.config = config
+        self.run_dir = run_dir
         self.pool = ExpertPool(config)
+        self.localizer = load_localizer(config)
         if expert is not None and expert not in self.pool.cards:
             raise PipelineError(f"--expert {expert!r} is not a configured expert ({', '.join(self.pool.cards)})")
         self.routing = FixedRouting(expert) if expert else LearnedRouting(config, self.pool, say)
@@ -125,6 +144,10 @@ class RoutePipeline:
             **self.routing.identity,
             "experts": self.pool.identities(),
             "merger": config.merger.model_dump(),
+            "localize": {
+                "expert": self.localizer.identity if self.localizer else None,
+                "verdicts": config.localize.verdicts,
+            },
             "ingest": config.ingest.model_dump(),
         }
 
@@ -150,18 +173,50 @@ class RoutePipeline:
             code = ErrorCode.FEATURES_FAILED if features_id else ErrorCode.ROUTING_FAILED
             failure = ErrorInfo(code=code, message=f"{type(error).__name__}: {error}")
             return [row(i, error=failure) for i in range(len(images))]
-        verdicts: list[Verdict] = []
         outputs = self._judge(decisions, pixels)
+        merged = {}
+        for i, (decision, result) in enumerate(zip(decisions, outputs, strict=True)):
+            if not isinstance(result, ErrorInfo):
+                self._keep_masks(result, ids[i])
+                merged[i] = self.merger.merge(decision, result)
+        localized = self._localize(merged, outputs, pixels)
+        verdicts: list[Verdict] = []
         for i, (decision, result) in enumerate(zip(decisions, outputs, strict=True)):
             if isinstance(result, ErrorInfo):
                 verdicts.append(row(i, routing=decision, error=result))
                 continue
-            merged = self.merger.merge(decision, result)
+            localization = localized.get(i)
+            if isinstance(localization, ErrorInfo):
+                merged[i].reason += f"; localising with {self.config.localize.expert} failed: {localization.message}"
+                localization = None
+            elif localization is not None:
+                self._keep_masks([localization], ids[i])
+                merged[i] = self.merger.merge(decision, result, localization)
+            expert_ms = sum(output.latency_ms for output in result) + (localization.latency_ms if localization else 0.0)
             verdicts.append(
-                row(i, routing=decision, expert_outputs=result,
-                    timings_ms={**timings, "expert": sum(output.latency_ms for output in result)}, **merged.model_dump())
+                row(i, routing=decision, expert_outputs=result, localization=localization,
+                    timings_ms={**timings, "expert": expert_ms}, **merged[i].model_dump())
             )
         return verdicts
+
+    def _keep_masks(self, evidence: Sequence[Localization], image_id: str) -> None:
+        if self.run_dir is not None:
+            for item in evidence:
+                save_masks(item, self.run_dir, image_id[:16])
+
+    def _localize(
+        self, merged: dict, outputs: list, pixels: list[np.ndarray]
+    ) -> dict[int, Localization | ErrorInfo]:
+        """Ask the localiser about the images whose verdict wants it, unless it already judged them."""
+        if self.localizer is None:
+            return {}
+        wanted = [
+            i for i, verdict in merged.items()
+            if verdict.label in self.config.localize.verdicts
+            and self.localizer.name not in {output.expert for output in outputs[i]}
+        ]
+        found = localize_each(self.localizer, [pixels[i] for i in wanted]) if wanted else []
+        return dict(zip(wanted, found, strict=True))
 
     def _judge(
         self, decisions: list[RoutingDecision], pixels: list[np.ndarray]
@@ -226,7 +281,7 @@ def route(
     console = console or Console(stderr=True)
     started = time.perf_counter()
     items = discover(inputs, manifests)
-    pipeline = RoutePipeline(config, expert, say=lambda message: console.print(f"[yellow]{message}"))
+    pipeline = RoutePipeline(config, expert, say=lambda message: console.print(f"[yellow]{message}"), run_dir=out_dir)
     setup_seconds = time.perf_counter() - started
     try:
         check_run_identity(out_dir, pipeline.identity, restart)

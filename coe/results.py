@@ -18,7 +18,8 @@ from coe.core.records import Verdict
 RESULTS_JSONL = "results.jsonl"
 RESULTS_CSV = "results.csv"
 CSV_COLUMNS = [
-    "path", "image_id", "label", "p_fake", "decided_by", "reason", "explanation", "error_code", "error_message",
+    "path", "image_id", "label", "p_fake", "decided_by", "reason", "explanation", "artifacts", "mask_file",
+    "error_code", "error_message",
     "width", "height", "format", "duplicate_of", "router", "features", "random_weights",
 ]
 
@@ -32,6 +33,12 @@ def _csv_row(verdict: Verdict) -> dict[str, object]:
         "decided_by": verdict.decided_by,
         "reason": verdict.reason,
         "explanation": verdict.explanation,
+        "artifacts": " | ".join(
+            f"{artifact.category}: {artifact.phrase}"
+            for evidence in [*verdict.expert_outputs, *([verdict.localization] if verdict.localization else [])]
+            for artifact in evidence.artifacts
+        ) or None,
+        "mask_file": verdict.mask_file,
         "error_code": verdict.error.code.value if verdict.error else None,
         "error_message": verdict.error.message if verdict.error else None,
         "width": verdict.image.width if verdict.image else None,

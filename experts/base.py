@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from coe.core.records import ErrorCode, ErrorInfo, ExpertOutput
+from coe.core.records import ErrorCode, ErrorInfo, ExpertOutput, Localization
 
 Capability = Literal["detect", "localize", "explain"]
 
@@ -37,10 +37,16 @@ class ExpertCard(BaseModel):
     description: str = ""
     capabilities: list[Capability] = ["detect"]
     subjects: list[str] = []
-    cost: float = Field(default=1.0, ge=0.0, description="relative cost per image (CPU ms, measured)")
+    cost: float = Field(
+        default=1.0, ge=0.0,
+        description="milliseconds per image: measured on the CPU for descriptor experts, derived from the model's "
+        "size for model experts (experts.sizing)",
+    )
     resources: Resources = Resources()
     weights: str | None = Field(
-        default=None, description="trained weights: a folder path; relative paths resolve in COE home"
+        default=None,
+        description="a folder or file path (relative paths resolve in COE home) or hf-hub:ORG/REPO[@REV]; "
+        "unset: experts/<name> in COE home for experts coe trains, the published checkpoint for pretrained ones",
     )
     threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
     params: dict[str, Any] = {}
@@ -65,34 +71,53 @@ class Expert(ABC):
     def name(self) -> str:
         return self.card.name
 
+    @property
+    def identity(self) -> str:
+        """What outcome tables and run folders record, so that changed weights are never mixed up."""
+        return self.card.version
+
     @abstractmethod
     def predict_proba(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """P(fake) for each image, shape (n,)."""
 
     def predict(self, images: Sequence[np.ndarray]) -> list[ExpertOutput]:
-        start = time.perf_counter()
-        probabilities = self.predict_proba(images)
-        per_image_ms = 1000.0 * (time.perf_counter() - start) / max(len(images), 1)
+        started = time.perf_counter()
+        return self.outputs(self.predict_proba(images), started)
+
+    def outputs(self, probabilities: np.ndarray, started: float, **per_image: Sequence) -> list[ExpertOutput]:
+        """One ExpertOutput per image of a batch begun at `started` (time.perf_counter), labelled at
+        the card's threshold; `per_image` adds fields, one value per image (e.g. explanation=[...])."""
+        per_image_ms = 1000.0 * (time.perf_counter() - started) / max(len(probabilities), 1)
         return [
             ExpertOutput(
                 expert=self.name,
                 p_fake=float(p),
                 label="fake" if p >= self.card.threshold else "real",
                 latency_ms=per_image_ms,
+                **{field: values[i] for field, values in per_image.items()},
             )
-            for p in probabilities
+            for i, p in enumerate(probabilities)
         ]
 
 
 def predict_each(expert: Expert, images: Sequence[np.ndarray]) -> list[ExpertOutput | ErrorInfo]:
     """One batch; when it fails, image by image, so a pathological image costs only its own answer."""
+    return _each(expert.predict, images)
+
+
+def localize_each(localizer: Localizer, images: Sequence[np.ndarray]) -> list[Localization | ErrorInfo]:
+    """`localize` with the same per-image fallback as `predict_each`."""
+    return _each(localizer.localize, images)
+
+
+def _each(batch_call: Callable, images: Sequence[np.ndarray]) -> list:
     try:
-        return expert.predict(images)
+        return batch_call(images)
     except Exception:
-        results: list[ExpertOutput | ErrorInfo] = []
+        results = []
         for image in images:
             try:
-                results.append(expert.predict([image])[0])
+                results.append(batch_call([image])[0])
             except Exception as error:
                 results.append(ErrorInfo(code=ErrorCode.EXPERT_FAILED, message=f"{type(error).__name__}: {error}"))
         return results
@@ -110,6 +135,37 @@ class TrainableExpert(Expert):
 
     @abstractmethod
     def load(self, folder: Path) -> TrainableExpert: ...
+
+
+class PretrainedExpert(Expert):
+    """An expert with published weights that coe does not train: they come from a local folder or
+    file, the Hugging Face hub cache, or the hub (`hf-hub:ORG/REPO`, where a network exists).
+    `default_weights` says where the published checkpoint lives; a card's `weights` overrides it."""
+
+    default_weights: ClassVar[str]
+
+    def __init__(self, card: ExpertCard):
+        super().__init__(card)
+        self.weights_digest: str | None = None
+
+    @property
+    def identity(self) -> str:
+        return f"{self.card.version}:{(self.weights_digest or 'unloaded')[:12]}"
+
+    @abstractmethod
+    def load(self, weights: str | Path) -> PretrainedExpert:
+        """Load from `weights` (a path, or `hf-hub:ORG/REPO`) and set `weights_digest`; returns self.
+        Missing weights raise `experts.weights.WeightsNotFoundError` saying how to obtain them."""
+
+
+class Localizer(ABC):
+    """A mixin for experts that localise artifacts (pixel masks per phrase) and explain them. coe
+    asks them to localise images another expert judged fake (`localize:` in the configuration), so
+    a localiser without a published detection head is still useful, and real images are left alone."""
+
+    @abstractmethod
+    def localize(self, images: Sequence[np.ndarray]) -> list[Localization]:
+        """One Localization per image; masks attached in memory at each image's own size."""
 
 
 _REGISTRY: dict[str, type[Expert]] = {}

@@ -61,6 +61,10 @@ class DescriptorExpert(TrainableExpert):
         self.classifier: Pipeline | None = None
         self.meta: dict = {}
 
+    @property
+    def identity(self) -> str:
+        return f"{self.card.version}:{self.meta.get('training_data_hash', 'untrained')[:12]}"
+
     def describe(self, image: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import posixpath
 import sqlite3
 from collections.abc import Callable, Sequence
 from functools import cached_property
@@ -18,6 +17,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from coe.core.open_clip_hub import cached_open_clip_checkpoint
 from coe.core.torchvision_compat import ensure_torchvision_importable
 
 log = logging.getLogger(__name__)
@@ -47,24 +47,6 @@ def _file_digest(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()[:16]
 
 
-def _cached_hub_file(backbone: str, tag: str) -> str | None:
-    """The hub-cache file of an open_clip pretrained tag, without touching the network."""
-    import open_clip
-    from huggingface_hub import try_to_load_from_cache
-
-    hub_entry = open_clip.get_pretrained_cfg(backbone, tag).get("hf_hub", "")
-    if not hub_entry:
-        return None
-    # open_clip's convention: "org/repo/file" names a file, "org/repo/" the default file.
-    repo_id, filename = posixpath.split(hub_entry)
-    filename = filename or "open_clip_pytorch_model.bin"
-    for candidate in (Path(filename).with_suffix(".safetensors").name, filename):
-        found = try_to_load_from_cache(repo_id, candidate)
-        if isinstance(found, str):
-            return found
-    return None
-
-
 class ClipFeatureExtractor:
     """Batched CLIP image embeddings (L2-normalised), built lazily on first use."""
 
@@ -77,7 +59,9 @@ class ClipFeatureExtractor:
         weights = spec.weights
         if weights == AUTO_WEIGHTS:
             ensure_torchvision_importable()
-            cached = _cached_hub_file(spec.backbone, spec.hub_tag)
+            import open_clip
+
+            cached = cached_open_clip_checkpoint(open_clip.get_pretrained_cfg(spec.backbone, spec.hub_tag))
             if cached is None:
                 log.warning(
                     "CLIP weights %s/%s are not in the hub cache and coe does not download by itself: "
@@ -88,7 +72,7 @@ class ClipFeatureExtractor:
                 )
                 weights = RANDOM_WEIGHTS
             else:
-                return spec.backbone, cached, False, spec.hub_tag
+                return spec.backbone, str(cached), False, spec.hub_tag
         if weights == RANDOM_WEIGHTS:
             return spec.backbone, None, True, f"random-seed{spec.seed}"
         if weights.startswith(LOCAL_DIR):

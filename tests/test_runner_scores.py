@@ -25,16 +25,13 @@ REFERENCE = "the hand has six fingers"
 SQUARE = [10.0, 10.0, 30.0, 10.0, 30.0, 30.0, 10.0, 30.0]  # pixels 10..29 (PIL fills the outline too)
 
 
-class MaskEchoParams(BaseModel):
-    mask_dir: str
-
-
 @register_expert("test-mask-echo")
 class MaskEcho(Expert):
     """Localises the bright square of each image (where the fixture drew it) and explains it with
     the reference sentence when the left half of the image is bright."""
 
-    Params = MaskEchoParams
+    class Params(BaseModel):
+        pass
 
     def predict_proba(self, images: Sequence[np.ndarray]) -> np.ndarray:
         return np.full(len(images), 0.8)
@@ -42,13 +39,9 @@ class MaskEcho(Expert):
     def predict(self, images: Sequence[np.ndarray]) -> list[ExpertOutput]:
         outputs = []
         for image, output in zip(images, super().predict(images), strict=True):
-            mask = image.mean(axis=2) > 200
-            path = Path(self.params.mask_dir) / f"{len(list(Path(self.params.mask_dir).iterdir()))}.png"
-            Image.fromarray(mask.astype(np.uint8) * 255).save(path)
             explains = image[:, : image.shape[1] // 2].mean() > 100
-            outputs.append(output.model_copy(update={
-                "union_mask_file": str(path), "explanation": REFERENCE if explains else "blurry sky is too smooth",
-            }))
+            output.explanation = REFERENCE if explains else "blurry sky is too smooth"
+            outputs.append(output.with_union_mask(image.mean(axis=2) > 200))
         return outputs
 
 
@@ -73,9 +66,7 @@ def synthscars(tmp_path: Path) -> BenchmarkSpec:
 def test_masks_and_explanations_are_scored_against_the_ground_truth(tmp_path, tiny_sentence_model):
     spec = synthscars(tmp_path)
     items = read_benchmark(spec)
-    (tmp_path / "masks").mkdir()
-    card = ExpertCard(name="echo", family="test-mask-echo", capabilities=["detect", "localize", "explain"],
-                      params={"mask_dir": str(tmp_path / "masks")})
+    card = ExpertCard(name="echo", family="test-mask-echo", capabilities=["detect", "localize", "explain"])
     expert = ExpertUnderTest(name="echo", expert=MaskEcho(card), identity="1:test", cost=3.0)
     summary = run_benchmarks(
         [expert], [LoadedBenchmark(spec, items)], parse_perturbations(["none", "resize:0.5"]), tmp_path / "out",
@@ -83,6 +74,11 @@ def test_masks_and_explanations_are_scored_against_the_ground_truth(tmp_path, ti
     )
     frame = pd.read_parquet(summary.outcomes).set_index(["perturbation", "path"])
     paths = [str(item.path) for item in items]
+    # The run wrote each mask the expert attached as a PNG of the image the expert saw.
+    for (perturbation, _), mask_file in frame["mask_file"].items():
+        with Image.open(tmp_path / "out" / mask_file) as mask:
+            assert mask.mode == "L" and mask.size == ((32, 32) if perturbation == "resize:0.5" else (64, 64))
+    assert frame["mask_file"].nunique() == len(frame)
     # Image 0 and 1: the predicted square is the annotated polygon; image 2: nothing predicted.
     for perturbation in ("none", "resize:0.5"):
         rows = frame.loc[perturbation]

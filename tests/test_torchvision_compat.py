@@ -9,6 +9,7 @@ SCRIPT = """
 from coe.core import torchvision_compat
 broken = not torchvision_compat._extension_loads()
 torchvision_compat.ensure_torchvision_importable()
+torchvision_compat.ensure_torchvision_importable()  # experts and features each call it: must be idempotent
 import open_clip, torchvision
 from torchvision.transforms import functional
 from PIL import Image

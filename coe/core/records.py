@@ -7,7 +7,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 
 class Record(BaseModel):
@@ -60,22 +61,60 @@ ArtifactCategory = Literal["physics", "structure", "distortion", "other"]
 
 
 class Artifact(Record):
+    """One localised artifact. An expert attaches its pixel mask in memory (`with_mask`); the run
+    that keeps it writes it as a PNG and records `mask_file`, relative to the run folder."""
+
     category: ArtifactCategory = "other"
     phrase: str
-    bbox: tuple[int, int, int, int] | None = None
+    bbox: tuple[int, int, int, int] | None = Field(default=None, description="x0, y0, x1, y1 of the mask")
     score: float | None = None
     explanation: str | None = None
     mask_file: str | None = None
+    _mask: np.ndarray | None = PrivateAttr(default=None)
+
+    def with_mask(self, mask: np.ndarray) -> Artifact:
+        """Attach a boolean (H, W) mask at the image's size; the bbox follows from it."""
+        self._mask = np.asarray(mask, dtype=bool)
+        rows, columns = np.nonzero(self._mask)
+        if rows.size:
+            self.bbox = (int(columns.min()), int(rows.min()), int(columns.max()) + 1, int(rows.max()) + 1)
+        return self
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        return self._mask
 
 
-class ExpertOutput(Record):
+class Localization(Record):
+    """What a localising expert found in one image: artifacts (with masks attached in memory until
+    the run writes them), the union of their masks, and its explanation."""
+
     expert: str
-    p_fake: float = Field(ge=0.0, le=1.0)
-    label: Label
     explanation: str | None = None
     artifacts: list[Artifact] = []
     union_mask_file: str | None = None
     latency_ms: float = 0.0
+    _union_mask: np.ndarray | None = PrivateAttr(default=None)
+
+    def with_union_mask(self, mask: np.ndarray) -> Localization:
+        """Attach the union of everything the expert localised, a boolean (H, W) mask in memory."""
+        self._union_mask = np.asarray(mask, dtype=bool)
+        return self
+
+    @property
+    def union_mask(self) -> np.ndarray | None:
+        """The attached union mask, or the union of the artifacts' masks."""
+        if self._union_mask is not None:
+            return self._union_mask
+        masks = [artifact.mask for artifact in self.artifacts if artifact.mask is not None]
+        return np.logical_or.reduce(masks) if masks else None
+
+
+class ExpertOutput(Localization):
+    """One expert's answer about one image: p_fake and label, and what it localised or explained."""
+
+    p_fake: float = Field(ge=0.0, le=1.0)
+    label: Label
 
 
 class RankedExpert(Record):
@@ -106,7 +145,11 @@ class Verdict(Record):
     decided_by: str | None = None
     reason: str | None = None
     explanation: str | None = None
+    mask_file: str | None = Field(
+        default=None, description="the union mask shown with the verdict, relative to the run folder"
+    )
     expert_outputs: list[ExpertOutput] = []
+    localization: Localization | None = None
     routing: RoutingDecision | None = None
     image: ImageRecord | None = None
     features: str | None = None

@@ -38,8 +38,8 @@ def _extension_loads() -> bool:
 
 
 def ensure_torchvision_importable() -> None:
-    if "torchvision" in sys.modules or _extension_loads():
-        return
+    if _KEEP_ALIVE or "torchvision" in sys.modules or _extension_loads():
+        return  # already repaired, already imported, or nothing to repair
     import torch
 
     library = torch.library.Library("torchvision", "DEF")
