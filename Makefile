@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test bench-throughput
+.PHONY: setup demo test bench-throughput bench-gpu-smoke
 
 setup: $(STAMP)
 
@@ -23,3 +23,6 @@ test: setup
 
 bench-throughput: setup
 	$(BIN)/python -m benchmarks.throughput
+
+bench-gpu-smoke: setup
+	$(BIN)/python -m benchmarks.gpu_smoke --size tiny --size full

@@ -71,7 +71,7 @@ def weights_status(config: CoeConfig, card: ExpertCard) -> str:
         try:
             return f"found: {locate_weights(pretrained_weights(config, expert), card.name, download=False)}"
         except WeightsNotFoundError as error:
-            return f"missing: {error}"
+            return f"missing: {error} (published at {expert.published_at})"
     return "needs no weights"
 
 

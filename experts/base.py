@@ -140,9 +140,11 @@ class TrainableExpert(Expert):
 class PretrainedExpert(Expert):
     """An expert with published weights that coe does not train: they come from a local folder or
     file, the Hugging Face hub cache, or the hub (`hf-hub:ORG/REPO`, where a network exists).
-    `default_weights` says where the published checkpoint lives; a card's `weights` overrides it."""
+    `default_weights` says where coe looks by default, `published_at` where the published checkpoint
+    can be obtained; a card's `weights` overrides the default."""
 
     default_weights: ClassVar[str]
+    published_at: ClassVar[str]  # where a user obtains the published weights (a URL)
 
     def __init__(self, card: ExpertCard):
         super().__init__(card)

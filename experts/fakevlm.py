@@ -134,6 +134,7 @@ class FakeVLMExpert(PretrainedExpert):
     Params = FakeVLMParams
     params: FakeVLMParams
     default_weights: ClassVar[str] = PUBLISHED_WEIGHTS
+    published_at: ClassVar[str] = "https://huggingface.co/lingcco/fakeVLM"
 
     def load(self, weights: str | Path) -> FakeVLMExpert:
         from coe.core.torchvision_compat import ensure_torchvision_importable

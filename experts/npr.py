@@ -159,6 +159,7 @@ class NPRExpert(PretrainedExpert):
     Params = NPRParams
     params: NPRParams
     default_weights: ClassVar[str] = f"experts/npr/{CHECKPOINT_FILE}"
+    published_at: ClassVar[str] = PUBLISHED_CHECKPOINT_URL
 
     def __init__(self, card):
         super().__init__(card)

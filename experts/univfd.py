@@ -96,6 +96,7 @@ class UnivFDExpert(PretrainedExpert):
     Params = UnivFDParams
     params: UnivFDParams
     default_weights: ClassVar[str] = f"experts/univfd/{PROBE_FILE}"
+    published_at: ClassVar[str] = PUBLISHED_PROBE_URL
 
     def __init__(self, card):
         super().__init__(card)

@@ -1,5 +1,6 @@
-"""FakeVLM expert: a tiny LLaVA (random weights) saved in the Hugging Face layout of lingcco/fakeVLM,
-loaded back through create_expert(card).load(folder) and run on real photographs."""
+"""FakeVLM expert: a tiny LLaVA (random weights) saved in the Hugging Face layout of lingcco/fakeVLM
+(benchmarks/random_checkpoints.py), loaded back through create_expert(card).load(folder) and run on
+real photographs."""
 
 from __future__ import annotations
 
@@ -14,63 +15,16 @@ from PIL import Image
 from skimage import data
 
 import experts.fakevlm  # noqa: F401  (registers the family)
-from coe.core.torchvision_compat import ensure_torchvision_importable
+from benchmarks.random_checkpoints import FAKEVLM_WORDS, write_random_checkpoint
 from experts.base import ExpertCard, create_expert
 from experts.fakevlm import FakeVLMExpert, FakeVLMParams, build_prompt
 from experts.sizing import card_figures
 from experts.weights import WeightsNotFoundError
-from tests.tiny_models import tiny_word_tokenizer
+from photos import photo_arrays
 
 CARD = Path(__file__).resolve().parents[1] / "configs" / "experts" / "fakevlm.yaml"
-VOCABULARY = [
-    *"USER: ASSISTANT: Does the image looks real/fake? This is a fake real image .".split(),
-    *"hand sky text blurry".split(),
-]
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors")
 RAW_SCORED_TEXT = "<image>Does the image looks real/fake? This is a"
-
-
-def save_tiny_fakevlm(folder: Path, words=VOCABULARY, patch_size: int | None = 14, seed: int = 0) -> Path:
-    """LlavaForConditionalGeneration from a tiny config (CLIP vision tower, LLaMA), its processor and
-    tokenizer, saved with save_pretrained as in the hub repository."""
-    ensure_torchvision_importable()
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
-
-    tokenizer = tiny_word_tokenizer(words, ["<image>"])
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            image_size=28, patch_size=14, projection_dim=32,
-        ),
-        text_config=LlamaConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            num_key_value_heads=2, vocab_size=len(tokenizer), max_position_embeddings=128,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        ),
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-        projector_hidden_act="gelu",
-    )
-    torch.manual_seed(seed)
-    LlavaForConditionalGeneration(config).save_pretrained(folder)
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}),
-        tokenizer=tokenizer,
-        patch_size=patch_size,
-        vision_feature_select_strategy="default" if patch_size else None,
-        num_additional_image_tokens=1 if patch_size else 0,
-    )
-    processor.save_pretrained(folder)
-    return folder
 
 
 def weights_only(source: Path, folder: Path) -> Path:
@@ -87,25 +41,22 @@ def fakevlm_card(**params) -> ExpertCard:
 
 @pytest.fixture(scope="module")
 def tiny_fakevlm(tmp_path_factory) -> Path:
-    return save_tiny_fakevlm(tmp_path_factory.mktemp("fakeVLM"))
+    return write_random_checkpoint("fakevlm", tmp_path_factory.mktemp("fakeVLM"), "tiny").weights
 
 
 @pytest.fixture(scope="module")
 def photographs(tmp_path_factory) -> list[np.ndarray]:
     """Real photographs written as JPEG and PNG at different sizes and read back."""
-    folder = tmp_path_factory.mktemp("photographs")
-    sources = [
-        (data.astronaut(), (200, 160), "astronaut.jpg"),
-        (data.chelsea(), (120, 90), "chelsea.png"),
-        (data.coffee(), (90, 130), "coffee.jpg"),
-        (data.rocket(), (64, 96), "rocket.png"),
-        (data.astronaut()[100:400, 50:300], (75, 90), "astronaut-crop.jpg"),
-    ]
-    images = []
-    for pixels, size, name in sources:
-        Image.fromarray(pixels).resize(size).save(folder / name)
-        images.append(np.asarray(Image.open(folder / name).convert("RGB")))
-    return images
+    return photo_arrays(
+        tmp_path_factory.mktemp("photographs"),
+        [
+            ("astronaut.jpg", data.astronaut(), (200, 160)),
+            ("chelsea.png", data.chelsea(), (120, 90)),
+            ("coffee.jpg", data.coffee(), (90, 130)),
+            ("rocket.png", data.rocket(), (64, 96)),
+            ("astronaut-crop.jpg", data.astronaut()[100:400, 50:300], (75, 90)),
+        ],
+    )
 
 
 def reference_p_fake(folder: Path, image: np.ndarray, text: str = RAW_SCORED_TEXT) -> float:
@@ -193,7 +144,7 @@ def test_processor_comes_from_params_when_the_weights_folder_has_none(tiny_fakev
 
 def test_an_old_processor_config_without_patch_size_expands_the_image(tiny_fakevlm, photographs, tmp_path):
     # the same seed gives the same weights as tiny_fakevlm; only the processor config is older
-    folder = save_tiny_fakevlm(tmp_path / "fakeVLM", patch_size=None)
+    folder = write_random_checkpoint("fakevlm", tmp_path / "fakeVLM", "tiny", old_processor=True).weights
     p_fake = create_expert(fakevlm_card()).load(folder).predict_proba(photographs[:1])
     assert abs(p_fake[0] - reference_p_fake(tiny_fakevlm, photographs[0])) < 1e-4
 
@@ -235,8 +186,8 @@ def test_missing_weights_say_where_the_published_checkpoint_is(tiny_fakevlm, tmp
 
 
 def test_a_tokenizer_that_cannot_encode_fake_is_rejected(tmp_path):
-    words = [word for word in VOCABULARY if word != "fake"]
-    folder = save_tiny_fakevlm(tmp_path / "fakeVLM", words=words)
+    words = [word for word in FAKEVLM_WORDS if word != "fake"]
+    folder = write_random_checkpoint("fakevlm", tmp_path / "fakeVLM", "tiny", words=words).weights
     with pytest.raises(ValueError, match="cannot encode the verdict word 'fake'"):
         create_expert(fakevlm_card()).load(folder)
 

@@ -1,5 +1,6 @@
 """The NPR expert: upstream's network with random weights, saved the way NPR-DeepfakeDetection saves
-NPR.pth, loaded through the card, and checked against the residual computed here with numpy."""
+NPR.pth (benchmarks/random_checkpoints.py), loaded through the card, and checked against the residual
+computed here with numpy."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 from skimage import data
 
 import experts.npr  # noqa: F401  (registers the family)
+from benchmarks.random_checkpoints import write_random_checkpoint
 from experts.base import ExpertCard, create_expert
 from experts.npr import NPRExpert, NPRNetwork, NPRParams, even_centre_crop
 from experts.sizing import card_figures
 from experts.weights import WeightsNotFoundError
+from photos import read_rgb, write_photos
 
 CARD_FILE = Path(__file__).resolve().parents[1] / "configs" / "experts" / "npr.yaml"
 # Upstream's resnet50(num_classes=1) from networks/resnet.py: trainable parameters, and every
@@ -27,60 +29,33 @@ UPSTREAM_STATE_ELEMENTS = 1_447_897
 
 
 @pytest.fixture(scope="module")
-def network_state() -> dict[str, torch.Tensor]:
-    """Random weights, with BatchNorm statistics far from their defaults so eval-mode BN matters."""
-    torch.manual_seed(0)
-    network = NPRNetwork()
-    with torch.no_grad():
-        for module in network.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.5, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.uniform_(-0.2, 0.2)
-    return network.state_dict()
+def published_checkpoint(tmp_path_factory) -> Path:
+    return write_random_checkpoint("npr", tmp_path_factory.mktemp("npr"), "tiny").weights
 
 
 @pytest.fixture(scope="module")
-def published_checkpoint(tmp_path_factory, network_state) -> Path:
-    """The layout of the published NPR.pth: the state dict of a DataParallel model under "model",
-    next to the optimiser's state and the step count."""
-    path = tmp_path_factory.mktemp("npr") / "NPR.pth"
-    torch.save(
-        {
-            "model": {f"module.{key}": value for key, value in network_state.items()},
-            "optimizer": {"state": {}, "param_groups": [{"lr": 0.0002, "params": [0, 1]}]},
-            "total_steps": 1234,
-        },
-        path,
-    )
-    return path
+def network_state(published_checkpoint) -> dict[str, torch.Tensor]:
+    """The network's weights, read out of the published layout: the state dict of a DataParallel
+    model under "model", next to the optimiser's state and the step count."""
+    saved = torch.load(published_checkpoint, weights_only=True)
+    assert published_checkpoint.name == "NPR.pth" and set(saved) == {"model", "optimizer", "total_steps"}
+    assert all(key.startswith("module.") for key in saved["model"])
+    return {key.removeprefix("module."): tensor for key, tensor in saved["model"].items()}
 
 
 @pytest.fixture(scope="module")
 def image_files(tmp_path_factory) -> list[Path]:
     """Real photographs as JPEG and PNG, with odd and even sides, some sharing a size."""
-    folder = tmp_path_factory.mktemp("images")
-    sources = [
-        ("astronaut.png", data.astronaut(), (256, 256)),
-        ("chelsea.jpg", data.chelsea(), None),  # 300x451: odd width
-        ("coffee.png", data.coffee(), (201, 151)),  # odd both ways
-        ("rocket.jpg", data.rocket(), (256, 256)),  # same size as the astronaut: one batch
-        ("tiny.png", data.astronaut(), (7, 5)),
-    ]
-    paths = []
-    for name, pixels, size in sources:
-        image = Image.fromarray(pixels)
-        if size is not None:
-            image = image.resize(size, Image.BICUBIC)
-        image.save(folder / name, quality=90) if name.endswith(".jpg") else image.save(folder / name)
-        paths.append(folder / name)
-    return paths
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+    return write_photos(
+        tmp_path_factory.mktemp("images"),
+        [
+            ("astronaut.png", data.astronaut(), (256, 256)),
+            ("chelsea.jpg", data.chelsea(), None),  # 300x451: odd width
+            ("coffee.png", data.coffee(), (201, 151)),  # odd both ways
+            ("rocket.jpg", data.rocket(), (256, 256)),  # same size as the astronaut: one batch
+            ("tiny.png", data.astronaut(), (7, 5)),
+        ],
+    )
 
 
 def expected_p_fake(image: np.ndarray, network: NPRNetwork) -> float:

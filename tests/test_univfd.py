@@ -1,6 +1,7 @@
-"""The UnivFD expert: a tiny open_clip CLIP (conftest's tiny_clip, a local-dir: folder) and a probe
-saved as UniversalFakeDetect saves fc_weights.pth, loaded through the card, and checked against
-upstream's own transform (torchvision CenterCrop -> ToTensor -> Normalize) on real image files."""
+"""The UnivFD expert: a tiny open_clip CLIP (a local-dir: folder) and a probe saved as
+UniversalFakeDetect saves fc_weights.pth (benchmarks/random_checkpoints.py), loaded through the card,
+and checked against upstream's own transform (torchvision CenterCrop -> ToTensor -> Normalize) on
+real image files."""
 
 from __future__ import annotations
 
@@ -15,57 +16,45 @@ from PIL import Image
 from skimage import data
 
 import experts.univfd  # noqa: F401  (registers the family)
+from benchmarks.random_checkpoints import TINY_CLIP_CONFIG, RandomCheckpoint, write_random_checkpoint
 from coe.core.torchvision_compat import ensure_torchvision_importable
 from experts.base import ExpertCard, create_expert
 from experts.sizing import card_figures
 from coe.core.open_clip_hub import cached_open_clip_checkpoint
 from experts.univfd import UnivFDExpert, UnivFDParams, centre_crop
 from experts.weights import WeightsNotFoundError
+from photos import read_rgb, write_photos
 
 CARD_FILE = Path(__file__).resolve().parents[1] / "configs" / "experts" / "univfd.yaml"
-TINY_EMBED_DIM = 32
-TINY_IMAGE_SIZE = 64
+TINY_EMBED_DIM = TINY_CLIP_CONFIG["model_cfg"]["embed_dim"]
+TINY_IMAGE_SIZE = TINY_CLIP_CONFIG["model_cfg"]["vision_cfg"]["image_size"]
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
-def save_probe(path: Path, in_features: int = TINY_EMBED_DIM, seed: int = 1) -> Path:
-    """As upstream's training saves the probe: torch.save of the fc layer's state dict."""
-    torch.manual_seed(seed)
-    probe = torch.nn.Linear(in_features, 1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(probe.state_dict(), path)
-    return path
-
-
 @pytest.fixture(scope="module")
-def probe_file(tmp_path_factory) -> Path:
-    return save_probe(tmp_path_factory.mktemp("univfd") / "fc_weights.pth")
+def checkpoint(tmp_path_factory) -> RandomCheckpoint:
+    return write_random_checkpoint("univfd", tmp_path_factory.mktemp("univfd"), "tiny")
+
+
+def clip_folder(checkpoint: RandomCheckpoint) -> Path:
+    return Path(checkpoint.params["clip_weights"].removeprefix("local-dir:"))
 
 
 @pytest.fixture(scope="module")
 def image_files(tmp_path_factory) -> list[Path]:
     """JPEG and PNG photographs larger than the 64-pixel crop, smaller on one side, smaller on both,
     and with odd margins (where the crop offset rounds)."""
-    folder = tmp_path_factory.mktemp("images")
-    sources = [
-        ("astronaut.jpg", data.astronaut(), (128, 128)),
-        ("chelsea.png", data.chelsea(), (97, 65)),  # odd margins: 33 and 1
-        ("coffee.jpg", data.coffee(), (90, 40)),  # shorter than the crop in height only
-        ("rocket.png", data.rocket(), (45, 31)),  # shorter in both: padded with black
-        ("camera.png", np.stack([data.camera()] * 3, axis=-1), (64, 64)),
-    ]
-    paths = []
-    for name, pixels, size in sources:
-        image = Image.fromarray(pixels).resize(size, Image.BICUBIC)
-        image.save(folder / name, quality=90) if name.endswith(".jpg") else image.save(folder / name)
-        paths.append(folder / name)
-    return paths
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+    return write_photos(
+        tmp_path_factory.mktemp("images"),
+        [
+            ("astronaut.jpg", data.astronaut(), (128, 128)),
+            ("chelsea.png", data.chelsea(), (97, 65)),  # odd margins: 33 and 1
+            ("coffee.jpg", data.coffee(), (90, 40)),  # shorter than the crop in height only
+            ("rocket.png", data.rocket(), (45, 31)),  # shorter in both: padded with black
+            ("camera.png", np.stack([data.camera()] * 3, axis=-1), (64, 64)),
+        ],
+    )
 
 
 def upstream_p_fake(image_files: list[Path], clip_folder: Path, probe_path: Path) -> np.ndarray:
@@ -93,22 +82,20 @@ def upstream_p_fake(image_files: list[Path], clip_folder: Path, probe_path: Path
     return torch.sigmoid(logits).squeeze(1).numpy()
 
 
-def univfd_card(tiny_clip: Path, **params) -> ExpertCard:
-    return ExpertCard(
-        name="univfd",
-        family="univfd",
-        params={"clip_weights": f"local-dir:{tiny_clip}", "device": "cpu", "batch_size": 2, **params},
-    )
+def univfd_card(checkpoint_params: dict, **params) -> ExpertCard:
+    params = {**checkpoint_params, "device": "cpu", "batch_size": 2, **params}
+    return ExpertCard(name="univfd", family="univfd", params=params)
 
 
-def test_p_fake_equals_the_upstream_computation(tiny_clip, probe_file, image_files):
-    expert = create_expert(univfd_card(tiny_clip)).load(probe_file)
+def test_p_fake_equals_the_upstream_computation(checkpoint, image_files):
+    expert = create_expert(univfd_card(checkpoint.params)).load(checkpoint.weights)
     probabilities = expert.predict_proba([read_rgb(path) for path in image_files])
 
     assert expert.crop_size == (TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
     assert probabilities.shape == (len(image_files),)
     assert np.all((probabilities >= 0) & (probabilities <= 1))
-    expected = upstream_p_fake(image_files, tiny_clip, probe_file)
+    assert checkpoint.weights.name == "fc_weights.pth"
+    expected = upstream_p_fake(image_files, clip_folder(checkpoint), checkpoint.weights)
     np.testing.assert_allclose(probabilities, expected, rtol=1e-4, atol=1e-6)
     assert np.ptp(probabilities) > 1e-2  # the images are told apart, not all mapped to one value
     assert expert.identity.startswith("1:") and "unloaded" not in expert.identity
@@ -125,10 +112,11 @@ def test_small_images_are_padded_with_black_as_torchvision_does():
         np.testing.assert_array_equal(centre_crop(image, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE), expected)
 
 
-def test_probe_digest_changes_identity(tiny_clip, tmp_path, probe_file):
-    other = save_probe(tmp_path / "other" / "fc_weights.pth", seed=2)
-    first = create_expert(univfd_card(tiny_clip)).load(probe_file)
-    second = create_expert(univfd_card(tiny_clip)).load(other.parent)  # a folder holding fc_weights.pth
+def test_probe_digest_changes_identity(checkpoint, tmp_path):
+    other = write_random_checkpoint("univfd", tmp_path / "other", "tiny", seed=2)
+    first = create_expert(univfd_card(checkpoint.params)).load(checkpoint.weights)
+    # the other probe with the first CLIP, given as the folder holding fc_weights.pth
+    second = create_expert(univfd_card(checkpoint.params)).load(other.weights.parent)
     assert first.identity != second.identity
 
 
@@ -144,20 +132,20 @@ def test_probe_digest_changes_identity(tiny_clip, tmp_path, probe_file):
     ],
     ids=["missing", "unexpected", "wrong-shape"],
 )
-def test_probe_loads_strictly(tiny_clip, tmp_path, state, named):
+def test_probe_loads_strictly(checkpoint, tmp_path, state, named):
     path = tmp_path / "fc_weights.pth"
     torch.save(state, path)
     with pytest.raises(ValueError, match=named):
-        create_expert(univfd_card(tiny_clip)).load(path)
+        create_expert(univfd_card(checkpoint.params)).load(path)
 
 
-def test_missing_probe_says_where_to_get_it(tiny_clip, tmp_path):
+def test_missing_probe_says_where_to_get_it(checkpoint, tmp_path):
     where = r"UniversalFakeDetect.*pretrained_weights/fc_weights\.pth"
     with pytest.raises(WeightsNotFoundError, match=where):
-        create_expert(univfd_card(tiny_clip)).load(tmp_path / "experts" / "univfd" / "fc_weights.pth")
+        create_expert(univfd_card(checkpoint.params)).load(tmp_path / "experts" / "univfd" / "fc_weights.pth")
 
 
-def test_missing_clip_says_where_to_get_it(tmp_path, probe_file, monkeypatch):
+def test_missing_clip_says_where_to_get_it(tmp_path, checkpoint, monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
@@ -165,10 +153,10 @@ def test_missing_clip_says_where_to_get_it(tmp_path, probe_file, monkeypatch):
     card = ExpertCard(name="univfd", family="univfd", params={"device": "cpu"})
     where = r"HF_HUB_OFFLINE.*timm/vit_large_patch14_clip_224\.openai.*ViT-L-14\.pt"
     with pytest.raises(WeightsNotFoundError, match=where):
-        create_expert(card).load(probe_file)
-    card = univfd_card(tmp_path / "nothing-here")
+        create_expert(card).load(checkpoint.weights)
+    card = univfd_card({"clip_weights": f"local-dir:{tmp_path / 'nothing-here'}"})
     with pytest.raises(WeightsNotFoundError, match="open_clip_config.json"):
-        create_expert(card).load(probe_file)
+        create_expert(card).load(checkpoint.weights)
 
 
 def test_hub_cache_lookup_prefers_open_clips_safetensors_name(tmp_path, monkeypatch):
