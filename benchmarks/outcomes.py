@@ -56,6 +56,8 @@ OUTCOME_SCHEMA = pa.schema([
     _field("error", pa.string(), "error code and message when the image or the expert failed", nullable=True),
 ])
 OUTCOME_COLUMNS = tuple(OUTCOME_SCHEMA.names)
+# Nullable columns added after tables were first written; older tables read with them null.
+COLUMNS_ADDED_LATER = ("mask_file",)
 
 
 class OutcomeTableError(ValueError):
@@ -92,9 +94,12 @@ def read_outcomes(paths: Sequence[Path]) -> pd.DataFrame:
             table = pq.read_table(path)
         except (OSError, pa.ArrowInvalid) as error:
             raise OutcomeTableError(f"{path}: not a readable Parquet outcome table: {error}") from None
-        missing = [name for name in OUTCOME_COLUMNS if name not in table.column_names]
-        if missing:
-            raise OutcomeTableError(f"{path}: not an outcome table; missing columns {missing}")
+        missing = [field for field in OUTCOME_SCHEMA if field.name not in table.column_names]
+        required = [field.name for field in missing if field.name not in COLUMNS_ADDED_LATER]
+        if required:
+            raise OutcomeTableError(f"{path}: not an outcome table; missing columns {required}")
+        for field in missing:  # unknown when the table was written: null
+            table = table.append_column(field, pa.nulls(len(table), field.type))
         frames.append(table.select(list(OUTCOME_COLUMNS)).cast(OUTCOME_SCHEMA).to_pandas())
     if not frames:
         raise OutcomeTableError("no outcome table given")

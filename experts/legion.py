@@ -862,21 +862,15 @@ class LegionExpert(PretrainedExpert, Localizer):
         threshold = self.card.threshold
         chosen = [i for i, p in enumerate(probabilities) if self.params.gate == "always" or p >= threshold]
         found = dict(zip(chosen, self.localize([images[i] for i in chosen]), strict=True))
-        per_image_ms = 1000.0 * (time.perf_counter() - began) / max(len(images), 1)
-        outputs = []
-        for index, p_fake in enumerate(probabilities):
-            localization = found.get(index, Localization(expert=self.name))
-            output = ExpertOutput(
-                expert=self.name,
-                p_fake=float(p_fake),
-                label="fake" if p_fake >= threshold else "real",
-                explanation=localization.explanation,
-                artifacts=localization.artifacts,
-                latency_ms=per_image_ms,
-            )
+        localizations = [found.get(index, Localization(expert=self.name)) for index in range(len(images))]
+        outputs = self.outputs(
+            probabilities, began,
+            explanation=[localization.explanation for localization in localizations],
+            artifacts=[localization.artifacts for localization in localizations],
+        )
+        for output, localization in zip(outputs, localizations, strict=True):
             if localization.union_mask is not None:
                 output.with_union_mask(localization.union_mask)
-            outputs.append(output)
         return outputs
 
     # size ---------------------------------------------------------------------------------------

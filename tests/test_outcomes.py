@@ -60,6 +60,17 @@ def test_a_file_that_is_not_an_outcome_table_is_named(tmp_path):
         read_outcomes([tmp_path / "other.parquet"])
 
 
+def test_a_table_written_before_a_nullable_column_existed_still_reads(tmp_path):
+    """Outcome tables written before `mask_file` existed train routers as before."""
+    write_outcomes(outcome_rows(n_images=4), tmp_path / "new.parquet")
+    pd.read_parquet(tmp_path / "new.parquet").drop(columns=["mask_file"]).to_parquet(tmp_path / "old.parquet")
+    frame = read_outcomes([tmp_path / "old.parquet", tmp_path / "new.parquet"])
+    assert tuple(frame.columns) == OUTCOME_COLUMNS and frame["mask_file"].isna().all() and len(frame) == 16
+    pd.read_parquet(tmp_path / "new.parquet").drop(columns=["p_fake"]).to_parquet(tmp_path / "broken.parquet")
+    with pytest.raises(OutcomeTableError, match=r"missing columns \['p_fake'\]"):
+        read_outcomes([tmp_path / "broken.parquet"])
+
+
 def test_matrix_pivots_per_sample_and_names_an_absent_expert():
     frame = pd.DataFrame(outcome_rows(perturbations=("none", "jpeg:75")))
     frame = frame[~((frame["image_id"] == f"{3:064x}") & (frame["expert"] == "b"))]  # b never saw image 3
