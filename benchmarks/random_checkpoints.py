@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from huggingface_hub import save_torch_state_dict
 from pydantic import BaseModel, ConfigDict, Field
 
 from coe.core.torchvision_compat import ensure_torchvision_importable
@@ -92,31 +93,6 @@ def _constructing(size: Size, family: str) -> Iterator[torch.device]:
 
 def _count(module: torch.nn.Module) -> int:
     return sum(parameter.numel() for parameter in module.parameters())
-
-
-def _save_sharded(tensors: dict[str, torch.Tensor], folder: Path, shard_bytes: int) -> None:
-    """safetensors shards of at most `shard_bytes` (a larger tensor gets one of its own) and
-    model.safetensors.index.json, as transformers' save_pretrained writes them."""
-    from safetensors.torch import save_file
-
-    shards: list[list[str]] = [[]]
-    filled = 0
-    for key in sorted(tensors):
-        size = tensors[key].numel() * tensors[key].element_size()
-        if shards[-1] and filled + size > shard_bytes:
-            shards.append([])
-            filled = 0
-        shards[-1].append(key)
-        filled += size
-    weight_map = {}
-    for number, keys in enumerate(shards, start=1):
-        name = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
-        shard = {key: tensors[key].detach().cpu().contiguous() for key in keys}
-        save_file(shard, folder / name, metadata={"format": "pt"})
-        weight_map.update(dict.fromkeys(keys, name))
-    total = sum(tensor.numel() * tensor.element_size() for tensor in tensors.values())
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
 # --- FakeVLM: lingcco/fakeVLM, a LLaVA-1.5 folder in the Hugging Face layout ------------------------
@@ -464,7 +440,10 @@ def write_legion(
         del upstream[key]
 
     legion_folder.mkdir(parents=True)
-    _save_sharded(upstream, legion_folder, FULL_SHARD_BYTES if size == "full" else TINY_SHARD_BYTES)
+    save_torch_state_dict(
+        {key: tensor.detach().cpu() for key, tensor in upstream.items()}, legion_folder,
+        max_shard_size=FULL_SHARD_BYTES if size == "full" else TINY_SHARD_BYTES,
+    )
     config = {
         "architectures": ["GLaMMForCausalLM"],
         "model_type": "llava",
