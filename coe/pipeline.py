@@ -26,7 +26,7 @@ from coe.defaults import load_configured_router
 from coe.models import ExpertPool, open_feature_cache, routing_features
 from coe.results import RunSummary, summarize, write_results
 from experts.base import Localizer, localize_each, predict_each
-from router.features import FeatureCache, embed_with_cache
+from router.features import FeatureCache, RoutingFeatures, embed_with_cache
 
 
 class PipelineError(RuntimeError):
@@ -34,11 +34,14 @@ class PipelineError(RuntimeError):
 
 
 class LearnedRouting:
-    """CLIP features (cached on disk) -> the trained router's decisions."""
+    """CLIP features (cached on disk) -> the trained router's decisions. `features` replaces the
+    in-process extractor (e.g. by one served elsewhere) with anything of the same interface."""
 
-    def __init__(self, config: CoeConfig, pool: ExpertPool, say: Callable[[str], None]):
+    def __init__(
+        self, config: CoeConfig, pool: ExpertPool, say: Callable[[str], None], features: RoutingFeatures | None = None
+    ):
         self.settings = config.router
-        self.extractor = routing_features(config, pool.cards)
+        self.extractor = features or routing_features(config, pool.cards)
         self.router, self.meta = load_configured_router(config, pool, self.extractor, say)
         self.cache: FeatureCache = open_feature_cache(config)
         self.n_embedded = 0
@@ -121,7 +124,9 @@ def load_localizer(config: CoeConfig) -> Localizer | None:
 
 class RoutePipeline:
     """`run_dir`: where masks are written as PNG files (masks/<image id>/...); without one, masks
-    stay attached in memory to the verdicts' outputs."""
+    stay attached in memory to the verdicts' outputs. `pool`, `features` and `localizer` replace the
+    in-process experts, feature extractor and localiser with others of the same interface (served
+    ones, for instance); by default they are built from `config`."""
 
     def __init__(
         self,
@@ -129,14 +134,17 @@ class RoutePipeline:
         expert: str | None = None,
         say: Callable[[str], None] = print,
         run_dir: Path | None = None,
+        pool: ExpertPool | None = None,
+        features: RoutingFeatures | None = None,
+        localizer: Localizer | None = None,
     ):
         self.config = config
         self.run_dir = run_dir
-        self.pool = ExpertPool(config)
-        self.localizer = load_localizer(config)
+        self.pool = pool or ExpertPool(config)
+        self.localizer = localizer or load_localizer(config)
         if expert is not None and expert not in self.pool.cards:
             raise PipelineError(f"--expert {expert!r} is not a configured expert ({', '.join(self.pool.cards)})")
-        self.routing = FixedRouting(expert) if expert else LearnedRouting(config, self.pool, say)
+        self.routing = FixedRouting(expert) if expert else LearnedRouting(config, self.pool, say, features)
         calibration = self.routing.meta.calibration if self.routing.meta else {}
         self.merger = Merger(config.merger, calibration)
         # Loads every expert now, so that model loading is setup time, not routing time.
