@@ -74,6 +74,13 @@ def route_command(
     expert: Annotated[str | None, typer.Option(help="send every image to this expert; no CLIP, no router")] = None,
     restart: Annotated[bool, typer.Option(help="discard what an earlier attempt in --out did")] = False,
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray", metavar="ADDRESS|auto|local",
+            help="analyse on Ray workers: a cluster's address, auto (the running cluster) or local (start one here)",
+        ),
+    ] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
@@ -87,7 +94,7 @@ def route_command(
     try:
         summary = route(
             settings, paths or [], out, manifests=manifest or [], expert=expert, restart=restart,
-            console=console, show_progress=progress,
+            console=console, show_progress=progress, ray_address=ray,
         )
     except KeyboardInterrupt:
         console.print(f"\n[yellow]interrupted: finished images are kept in {out}; run the same command to resume")

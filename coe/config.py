@@ -70,6 +70,8 @@ class LocalizeConfig(StrictModel):
 class RunConfig(StrictModel):
     chunk_size: int = Field(default=64, ge=1, description="images decoded, embedded and committed together")
     decode_workers: int = Field(default=2, ge=1)
+    ray_workers: int = Field(default=2, ge=1, description="`coe route --ray`: actors, each with its own models")
+    ray_worker_cpus: float = Field(default=1.0, gt=0.0, description="CPUs Ray reserves for each of them")
 
 
 class CoeConfig(StrictModel):

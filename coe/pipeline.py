@@ -7,9 +7,10 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from contextlib import closing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from rich.console import Console
@@ -285,27 +286,67 @@ def route(
     restart: bool = False,
     console: Console | None = None,
     show_progress: bool = True,
+    ray_address: str | None = None,
 ) -> RunSummary:
+    """`ray_address` (an address, `auto` for a running cluster, `local` to start one here) runs the
+    chunks on Ray workers, each with its own pipeline; the ledger, resume and results stay here."""
     console = console or Console(stderr=True)
     started = time.perf_counter()
     items = discover(inputs, manifests)
-    pipeline = RoutePipeline(config, expert, say=lambda message: console.print(f"[yellow]{message}"), run_dir=out_dir)
+    say = lambda message: console.print(f"[yellow]{message}")  # noqa: E731
+    if ray_address is not None:
+        from coe.ray_route import RayChunks
+
+        executor = RayChunks(config, expert, out_dir, ray_address, say)
+    else:
+        executor = LocalChunks(RoutePipeline(config, expert, say=say, run_dir=out_dir), config)
     setup_seconds = time.perf_counter() - started
     try:
-        check_run_identity(out_dir, pipeline.identity, restart)
+        check_run_identity(out_dir, executor.identity, restart)
         with closing(Ledger(out_dir)) as ledger:
-            results, done_before = _route_items(items, pipeline, ledger, config, console, show_progress)
+            results, done_before = _route_items(items, executor, ledger, config, console, show_progress)
         write_results(out_dir, results)
         return summarize(
             results, out_dir, seconds=time.perf_counter() - started, setup_seconds=setup_seconds,
-            done_before=done_before, embedded=pipeline.routing.n_embedded,
+            done_before=done_before, embedded=executor.n_embedded(),
         )
     finally:
-        pipeline.close()
+        executor.close()
+
+
+class LocalChunks:
+    """Chunks analysed one after another in this process."""
+
+    def __init__(self, pipeline: RoutePipeline, config: CoeConfig):
+        self.pipeline = pipeline
+        self.config = config
+        self.identity = pipeline.identity
+
+    def analyse(self, chunks: Sequence[Sequence[IngestItem]], ledger: Ledger) -> Iterator[list[Verdict]]:
+        """Lazily, so that each chunk sees the images the ledger got from the chunks before it."""
+        with ThreadPoolExecutor(self.config.run.decode_workers) as decoders:
+            for chunk in chunks:
+                yield analyse_chunk(chunk, self.pipeline, ledger.by_image, decoders, self.config)
+
+    def n_embedded(self) -> int:
+        return self.pipeline.routing.n_embedded
+
+    def close(self) -> None:
+        self.pipeline.close()
+
+
+class ChunkExecutor(Protocol):
+    identity: dict
+
+    def analyse(self, chunks: Sequence[Sequence[IngestItem]], ledger: Ledger) -> Iterator[list[Verdict]]: ...
+
+    def n_embedded(self) -> int: ...
+
+    def close(self) -> None: ...
 
 
 def _route_items(
-    items: Sequence[IngestItem], pipeline: RoutePipeline, ledger: Ledger, config: CoeConfig, console: Console,
+    items: Sequence[IngestItem], executor: ChunkExecutor, ledger: Ledger, config: CoeConfig, console: Console,
     show_progress: bool,
 ) -> tuple[list[Verdict], int]:
     """Process what the ledger does not hold yet; one verdict per item, and how many were done before."""
@@ -317,25 +358,39 @@ def _route_items(
         TextColumn("[bold]routing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         console=console, disable=not show_progress,
     )
-    with progress, ThreadPoolExecutor(config.run.decode_workers) as decoders:
+    chunks = [todo[start : start + config.run.chunk_size] for start in range(0, len(todo), config.run.chunk_size)]
+    with progress:
         task = progress.add_task("route", total=len(items), completed=done_before)
-        for start in range(0, len(todo), config.run.chunk_size):
-            chunk = todo[start : start + config.run.chunk_size]
-            ledger.append(_process_chunk(chunk, pipeline, ledger, decoders, config))
+        for chunk, rows in zip(chunks, executor.analyse(chunks, ledger), strict=True):
+            ledger.append(_as_duplicates_of_earlier_chunks(rows, ledger))
             progress.advance(task, len(chunk))
     return [ledger.verdicts[item.path] for item in items], done_before
 
 
-def _process_chunk(
-    chunk: Sequence[IngestItem], pipeline: RoutePipeline, ledger: Ledger, decoders: ThreadPoolExecutor,
+def _as_duplicates_of_earlier_chunks(rows: list[Verdict], ledger: Ledger) -> list[Verdict]:
+    """A chunk analysed without the ledger at hand (on a Ray worker) may judge again an image an
+    earlier chunk judged; it is reported, as in a local run, as a duplicate of the first path."""
+    adopted = []
+    for row in rows:
+        original = ledger.by_image.get(row.image_id) if row.image_id and row.error is None else None
+        if original is not None and original.path != row.path and row.duplicate_of is None:
+            row = original.model_copy(update={"path": row.path, "duplicate_of": original.path, "image": row.image})
+        adopted.append(row)
+    return adopted
+
+
+def analyse_chunk(
+    chunk: Sequence[IngestItem], pipeline: RoutePipeline, known: dict[str, Verdict], decoders: ThreadPoolExecutor,
     config: CoeConfig,
 ) -> list[Verdict]:
+    """One verdict per item: decoded in parallel, each distinct image analysed once, an image in
+    `known` (image id -> verdict) or met earlier in the chunk reported as a duplicate."""
     start = time.perf_counter()
     decoded = list(decoders.map(lambda item: _decode(item, config), chunk))
     decode_ms = 1000.0 * (time.perf_counter() - start) / max(len(chunk), 1)
     fresh: dict[str, tuple[str, DecodedImage]] = {}
     for item, result in zip(chunk, decoded, strict=True):
-        if isinstance(result, DecodedImage) and result.record.id not in ledger.by_image:
+        if isinstance(result, DecodedImage) and result.record.id not in known:
             fresh.setdefault(result.record.id, (item.path, result))
     analysed = {
         verdict.image_id: verdict for verdict in pipeline.analyse(list(fresh.values()))
@@ -345,7 +400,7 @@ def _process_chunk(
         if isinstance(result, ErrorInfo):
             rows.append(Verdict(path=item.path, error=result))
             continue
-        original = analysed.get(result.record.id) or ledger.by_image[result.record.id]
+        original = analysed.get(result.record.id) or known[result.record.id]
         if original.path == item.path:
             original.timings_ms["decode"] = decode_ms
             rows.append(original)
