@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from coe.config import ConfigError, load_config, load_expert_cards
+from coe.config import CONFIG_DIR, ConfigError, load_config, load_expert_cards
 
 app = typer.Typer(help="coe: route each image to the best forensic expert; real or AI-generated.", no_args_is_help=True)
 experts_app = typer.Typer(help="List and train experts.", no_args_is_help=True)
@@ -102,6 +102,33 @@ def route_command(
     except _user_errors() as error:
         raise _fail(error) from None
     render_summary(summary, console)
+
+
+@app.command("serve")
+def serve_cmd(
+    serve_file: Annotated[
+        Path, typer.Argument(help="a Serve config file: its `args` (coe settings, endpoint settings) and http_options")
+    ] = CONFIG_DIR / "serve.yaml",
+    ray: Annotated[
+        str | None, typer.Option("--ray", metavar="ADDRESS", help="join this Ray cluster (default: start one here)")
+    ] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Serve the experts behind one HTTP endpoint (Ray Serve): POST /v1/analyze, GET /v1/experts."""
+    from pydantic import ValidationError
+
+    from coe.serve import ServeError, load_serve_args, serve_command
+
+    try:
+        args = load_serve_args(serve_file)
+    except ConfigError as error:
+        raise _fail(error) from None
+    settings = _setup(config or args.config, [*args.set, *(set_ or [])])
+    try:
+        serve_command(settings, args.serve, ray, say=console.print)
+    except (ServeError, ValidationError, *_user_errors()) as error:
+        raise _fail(error) from None
 
 
 @app.command("demo")

@@ -8,6 +8,7 @@ the inputs and --out must be on a file system every node sees."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -43,6 +44,8 @@ def start_ray(address: str) -> None:
     """`local` starts a one-machine cluster bound to 127.0.0.1; anything else joins a running one."""
     import ray
 
+    # Never join a cluster by accident (RAY_ADDRESS, a stale session): only the one asked for.
+    os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
     if ray.is_initialized():
         return
     if address == "local":

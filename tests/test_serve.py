@@ -1,0 +1,267 @@
+"""`coe serve`: the application deployed once on a real one-machine Ray cluster bound to 127.0.0.1,
+asked over real HTTP, and compared with the in-process pipeline on the same bytes."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+from skimage import data as skimage_data
+
+from coe.config import CONFIG_DIR
+from coe.core.imaging import decode_image_bytes
+from coe.core.records import Artifact, ExpertOutput, Verdict
+from coe.pipeline import RoutePipeline
+from coe.serve import ServeArgs, ServeSettings, build_application, inline_masks, load_serve_args
+from tests.bad_files import TEST_LIMITS, flat_bilevel_png
+from tests.conftest import tiny_config
+
+API_KEY = "test-key"
+AUTH = {"X-API-Key": API_KEY}
+MAX_UPLOAD_BYTES = 1_000_000
+LIMIT_OVERRIDES = (f"ingest.max_file_bytes={TEST_LIMITS.max_file_bytes}", f"ingest.max_pixels={TEST_LIMITS.max_pixels}")
+
+
+def photo_bytes(picture: str, size: tuple[int, int], format_name: str) -> bytes:
+    pixels = getattr(skimage_data, picture)()
+    image = Image.fromarray(pixels).convert("RGB").resize(size, Image.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    image.save(buffer, format=format_name, **({"quality": 90} if format_name == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+PHOTOS = {
+    "astronaut.jpg": photo_bytes("astronaut", (128, 96), "JPEG"),
+    "coffee.png": photo_bytes("coffee", (112, 80), "PNG"),
+    "chelsea.jpg": photo_bytes("chelsea", (96, 96), "JPEG"),
+    "camera.png": photo_bytes("camera", (80, 120), "PNG"),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(trained_home, tiny_clip):
+    """The application on a 2-CPU Ray cluster bound to 127.0.0.1, requiring an API key; Serve and
+    Ray are shut down whatever happens."""
+    import ray
+    from ray import serve
+
+    saved = os.environ.get("RAY_ENABLE_AUTO_CONNECT")
+    os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"
+    config = tiny_config(trained_home, tiny_clip, *LIMIT_OVERRIDES)
+    settings = ServeSettings(
+        port=free_port(), api_keys=[API_KEY], require_api_key=True, max_upload_bytes=MAX_UPLOAD_BYTES,
+        max_images_per_request=16, request_timeout_s=60,
+    )
+    ray.init(address="local", num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": settings.host, "port": settings.port})
+        serve.run(build_application(config, settings), name="coe", route_prefix="/")
+        yield f"http://127.0.0.1:{settings.port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        if saved is None:
+            os.environ.pop("RAY_ENABLE_AUTO_CONNECT", None)
+        else:
+            os.environ["RAY_ENABLE_AUTO_CONNECT"] = saved
+
+
+@pytest.fixture(scope="module")
+def in_process(trained_home, tiny_clip, tmp_path_factory):
+    """The in-process pipeline over a copy of the home without its feature cache, so that neither
+    side reads the features the other computed."""
+    home = tmp_path_factory.mktemp("in-process-home") / "home"
+    shutil.copytree(trained_home, home, ignore=shutil.ignore_patterns("features.sqlite*"))
+    config = tiny_config(home, tiny_clip, *LIMIT_OVERRIDES)
+    pipeline = RoutePipeline(config, say=lambda message: None)
+    yield config, pipeline
+    pipeline.close()
+
+
+def analyze(url: str, files: list[tuple[str, bytes]], headers=AUTH, **params) -> requests.Response:
+    return requests.post(
+        f"{url}/v1/analyze", files=[("files", (name, data)) for name, data in files], headers=headers,
+        params=params, timeout=120,
+    )
+
+
+def assert_same_verdicts(served_verdicts: list[dict], reference: list[Verdict]) -> None:
+    for got, expected in zip(served_verdicts, reference, strict=True):
+        assert got["path"] == expected.path
+        assert got["error"] is None
+        assert (got["label"], got["decided_by"]) == (expected.label, expected.decided_by)
+        assert got["p_fake"] == pytest.approx(expected.p_fake, abs=1e-5)
+        assert got["routing"]["chosen"] == expected.routing.chosen
+
+
+def test_analyze_one_and_many_match_the_in_process_pipeline(served, in_process):
+    config, pipeline = in_process
+    files = list(PHOTOS.items())
+    reference = pipeline.analyse([(name, decode_image_bytes(data, name, config.ingest)) for name, data in files])
+
+    one = analyze(served, files[:1])
+    assert one.status_code == 200, one.text
+    assert_same_verdicts(one.json()["verdicts"], reference[:1])
+
+    many = analyze(served, files)
+    assert many.status_code == 200, many.text
+    verdicts = many.json()["verdicts"]
+    assert_same_verdicts(verdicts, reference)
+    assert all(verdict["image"]["path"] == name for verdict, (name, _) in zip(verdicts, files, strict=True))
+
+
+def test_bad_files_get_their_codes_and_duplicates_are_analysed_once(served):
+    files = [
+        ("good.jpg", PHOTOS["astronaut.jpg"]),
+        ("corrupt.png", PHOTOS["coffee.png"][:40] + bytes(200)),
+        ("bomb.png", flat_bilevel_png(5_000, 5_000)),
+        ("copy.jpg", PHOTOS["astronaut.jpg"]),
+        ("notes.txt", b"not an image at all"),
+    ]
+    response = analyze(served, files, masks="none")
+    assert response.status_code == 200, response.text
+    verdicts = response.json()["verdicts"]
+    assert [verdict["path"] for verdict in verdicts] == [name for name, _ in files]
+    codes = [verdict["error"]["code"] if verdict["error"] else None for verdict in verdicts]
+    assert codes[0] is None and codes[3] is None
+    assert codes[1] in {"corrupt", "truncated"}
+    assert codes[2] == "decompression_bomb"
+    assert codes[4] == "not_an_image"
+    assert verdicts[3]["duplicate_of"] == "good.jpg"
+    assert verdicts[3]["p_fake"] == verdicts[0]["p_fake"]
+
+
+def test_api_key_is_required_and_accepted(served):
+    files = [("a.jpg", PHOTOS["chelsea.jpg"])]
+    refused = analyze(served, files, headers={})
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "unauthorized"
+    assert analyze(served, files, headers={"X-API-Key": "wrong"}).status_code == 401
+    assert analyze(served, files, headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
+    assert requests.get(f"{served}/v1/experts", timeout=10).status_code == 401
+
+
+def test_oversized_uploads_and_too_many_images_are_refused(served):
+    too_big = analyze(served, [("big.bin", bytes(MAX_UPLOAD_BYTES + 1))])
+    assert too_big.status_code == 413
+    assert too_big.json()["error"]["code"] == "payload_too_large"
+
+    def chunked_multipart():  # no Content-Length: the limit must hold while the body streams in
+        yield b'--xyz\r\nContent-Disposition: form-data; name="files"; filename="big.bin"\r\n\r\n'
+        for _ in range(MAX_UPLOAD_BYTES // 65536 + 2):
+            yield bytes(65536)
+        yield b"\r\n--xyz--\r\n"
+
+    streamed = requests.post(
+        f"{served}/v1/analyze", data=chunked_multipart(), timeout=60,
+        headers={**AUTH, "Content-Type": "multipart/form-data; boundary=xyz"},
+    )
+    assert streamed.status_code == 413
+    assert streamed.json()["error"]["code"] == "payload_too_large"
+
+    many = analyze(served, [(f"{index}.jpg", PHOTOS["chelsea.jpg"]) for index in range(17)])
+    assert many.status_code == 413
+    assert many.json()["error"]["code"] == "too_many_images"
+
+
+def test_experts_health_and_readiness(served):
+    experts = requests.get(f"{served}/v1/experts", headers=AUTH, timeout=10).json()["experts"]
+    assert [expert["name"] for expert in experts] == ["spectrum", "dct", "residual"]
+    assert all(expert["identity"] and expert["resources"]["num_gpus"] == 0 for expert in experts)
+    assert requests.get(f"{served}/healthz", timeout=10).json() == {"status": "ok", "deployments": {}}
+    ready = requests.get(f"{served}/readyz", timeout=10)
+    assert ready.status_code == 200, ready.text
+    assert set(ready.json()["deployments"]) >= {"ingress", "features", "expert-spectrum"}
+
+
+def test_openapi_schema_holds_under_generated_requests(served):
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.checks import not_a_server_error, response_schema_conformance
+
+    schema = schemathesis.openapi.from_url(f"{served}/openapi.json")
+    failures = []
+    for operation in schema.get_all_operations():
+        operation = operation.ok()
+
+        @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @given(case=operation.as_strategy())
+        def check(case):
+            response = case.call(base_url=served, headers=AUTH, timeout=60)
+            try:
+                case.validate_response(response, checks=[not_a_server_error, response_schema_conformance])
+            except AssertionError as error:  # schemathesis' failures are AssertionErrors; collect them all
+                failures.append(f"{operation.label}: {error}")
+
+        check()
+    assert not failures, "\n".join(failures[:5])
+
+
+def test_concurrent_requests_are_all_answered(served):
+    files = list(PHOTOS.items())
+
+    def one(index: int) -> int:
+        response = analyze(served, [files[index % len(files)]], masks="none")
+        return response.status_code if response.json()["verdicts"][0]["label"] else -1
+
+    with ThreadPoolExecutor(8) as clients:
+        statuses = list(clients.map(one, range(32)))
+    assert statuses == [200] * 32
+
+
+def test_masks_become_png_data_urls():
+    mask = np.zeros((8, 10), dtype=bool)
+    mask[2:4, 3:7] = True
+    output = ExpertOutput(expert="legion", p_fake=0.9, label="fake",
+                          artifacts=[Artifact(phrase="six fingers", category="structure").with_mask(mask)])
+    masks = inline_masks(Verdict(path="a.png", expert_outputs=[output]))
+    assert set(masks) == {"legion.00.structure", "legion.union"}
+    encoded = masks["legion.union"].removeprefix("data:image/png;base64,")
+    decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(encoded))))
+    assert decoded.shape == (8, 10) and (decoded > 0).sum() == mask.sum()
+
+
+def test_settings_require_a_key_off_loopback_and_read_the_serve_config(monkeypatch):
+    monkeypatch.delenv("COE_API_KEYS", raising=False)
+    with pytest.raises(ValueError, match="API key is required"):
+        ServeSettings(host="0.0.0.0")
+    assert not ServeSettings().api_key_required
+    monkeypatch.setenv("COE_API_KEYS", "one, two")
+    settings = ServeSettings(host="0.0.0.0")
+    assert settings.api_key_required
+    assert [key.get_secret_value() for key in settings.api_keys] == ["one", "two"]
+    assert "one" not in repr(settings)
+    args = load_serve_args(CONFIG_DIR / "serve.yaml")
+    assert isinstance(args, ServeArgs) and args.serve.max_ongoing_requests >= 100
+
+
+def test_load_benchmark_runs_end_to_end(tmp_path, trained_home, tiny_clip):
+    """Tiny sizes; the figures are not judged. A subprocess, so that it starts its own Ray."""
+    out = tmp_path / "load"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.load", "--images", "4", "--size", "96", "--requests", "8",
+         "--clients", "1", "4", "--home", str(trained_home), "--out", str(out),
+         "--set", f"features.weights=local-dir:{tiny_clip}"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_ENABLE_AUTO_CONNECT": "0"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
+    report = json.loads((out / "load.json").read_text())
+    assert [run["clients"] for run in report["runs"]] == [1, 4]
+    assert all(run["served"]["requests_per_second"] > 0 and run["throughput_ratio"] > 0 for run in report["runs"])
