@@ -53,23 +53,39 @@ def measure(call, payloads: list[tuple[str, bytes]], clients: int, n_requests: i
         list(pool.map(one, range(n_requests)))  # list(): re-raises the first failed call
     seconds = time.perf_counter() - started
     return {
-        "clients": clients, "requests": n_requests, "seconds": seconds,
+        "clients": clients,
+        "requests": n_requests,
+        "seconds": seconds,
         "requests_per_second": n_requests / seconds,
-        "p50_ms": 1000 * float(np.percentile(latencies, 50)), "p99_ms": 1000 * float(np.percentile(latencies, 99)),
+        "p50_ms": 1000 * float(np.percentile(latencies, 50)),
+        "p99_ms": 1000 * float(np.percentile(latencies, 99)),
     }
 
 
 def render(rows: list[dict]) -> Table:
     table = Table(title="coe serve vs in-process pipeline (one image per request, warm feature caches)")
-    for column in ("clients", "served req/s", "in-process req/s", "served ÷ in-process",
-                   "served p50 ms", "served p99 ms", "in-process p50 ms", "in-process p99 ms"):
+    for column in (
+        "clients",
+        "served req/s",
+        "in-process req/s",
+        "served ÷ in-process",
+        "served p50 ms",
+        "served p99 ms",
+        "in-process p50 ms",
+        "in-process p99 ms",
+    ):
         table.add_column(column, justify="right")
     for row in rows:
         served, local = row["served"], row["in_process"]
         table.add_row(
-            str(row["clients"]), f"{served['requests_per_second']:.1f}", f"{local['requests_per_second']:.1f}",
-            f"{row['throughput_ratio']:.2f}", f"{served['p50_ms']:.0f}", f"{served['p99_ms']:.0f}",
-            f"{local['p50_ms']:.0f}", f"{local['p99_ms']:.0f}",
+            str(row["clients"]),
+            f"{served['requests_per_second']:.1f}",
+            f"{local['requests_per_second']:.1f}",
+            f"{row['throughput_ratio']:.2f}",
+            f"{served['p50_ms']:.0f}",
+            f"{served['p99_ms']:.0f}",
+            f"{local['p50_ms']:.0f}",
+            f"{local['p99_ms']:.0f}",
         )
     return table
 
@@ -78,12 +94,24 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=64, help="distinct JPEGs (default 64)")
     parser.add_argument("--size", type=int, default=256, help="side of each square JPEG (default 256)")
-    parser.add_argument("--requests", type=int, default=128, help="requests per number of clients (default 128)")
-    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="concurrent clients (default 1 8 32)")
-    parser.add_argument("--home", type=Path, default=Path("runs/throughput/home"), help="trained models, reused")
+    parser.add_argument(
+        "--requests", type=int, default=128, help="requests per number of clients (default 128)"
+    )
+    parser.add_argument(
+        "--clients", type=int, nargs="+", default=[1, 8, 32], help="concurrent clients (default 1 8 32)"
+    )
+    parser.add_argument(
+        "--home", type=Path, default=Path("runs/throughput/home"), help="trained models, reused"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/load"), help="images and JSON")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override as in `coe route --set` (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override as in `coe route --set` (repeatable)",
+    )
     args = parser.parse_args()
     if args.images < 1 or args.size < 64 or args.requests < 1 or min(args.clients) < 1:
         parser.error("--images, --requests and --clients must be at least 1, --size at least 64")
@@ -126,11 +154,13 @@ def main() -> None:
     settings = ServeSettings(port=free_port())
     rows = []
     with running(config, settings, say=console.print) as url:
+
         def served(payload: tuple[str, bytes]) -> None:
             if getattr(session, "http", None) is None:
                 session.http = requests.Session()
-            response = session.http.post(f"{url}/v1/analyze", files=[("files", payload)],
-                                         params={"masks": "none"}, timeout=300)
+            response = session.http.post(
+                f"{url}/v1/analyze", files=[("files", payload)], params={"masks": "none"}, timeout=300
+            )
             response.raise_for_status()
             verdict = response.json()["verdicts"][0]
             if verdict["error"] is not None:
@@ -139,9 +169,14 @@ def main() -> None:
         for call in (in_process, served):  # warm both feature caches, and the replicas
             measure(call, payloads, 4, len(payloads))
         for clients in args.clients:
-            row = {"clients": clients, "served": measure(served, payloads, clients, args.requests),
-                   "in_process": measure(in_process, payloads, clients, args.requests)}
-            row["throughput_ratio"] = row["served"]["requests_per_second"] / row["in_process"]["requests_per_second"]
+            row = {
+                "clients": clients,
+                "served": measure(served, payloads, clients, args.requests),
+                "in_process": measure(in_process, payloads, clients, args.requests),
+            }
+            row["throughput_ratio"] = (
+                row["served"]["requests_per_second"] / row["in_process"]["requests_per_second"]
+            )
             rows.append(row)
     pipeline_thread.submit(pipeline.close).result()
     pipeline_thread.shutdown()

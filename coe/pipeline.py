@@ -383,35 +383,36 @@ def analyse_chunk(
     chunk: Sequence[IngestItem], pipeline: RoutePipeline, known: dict[str, Verdict], decoders: ThreadPoolExecutor,
     config: CoeConfig,
 ) -> list[Verdict]:
-    """One verdict per item: decoded in parallel, each distinct image analysed once, an image in
-    `known` (image id -> verdict) or met earlier in the chunk reported as a duplicate."""
+    """One verdict per item, its files decoded in parallel (see `judge_decoded`)."""
     start = time.perf_counter()
     decoded = list(decoders.map(lambda item: _decode(item, config), chunk))
     decode_ms = 1000.0 * (time.perf_counter() - start) / max(len(chunk), 1)
+    rows = judge_decoded([(item.path, result) for item, result in zip(chunk, decoded, strict=True)], pipeline, known)
+    for row in rows:
+        if row.error is None and row.duplicate_of is None:
+            row.timings_ms["decode"] = decode_ms
+    return rows
+
+
+def judge_decoded(
+    named: Sequence[tuple[str, DecodedImage | ErrorInfo]], pipeline: RoutePipeline, known: dict[str, Verdict]
+) -> list[Verdict]:
+    """One verdict per (path, decoded image or decoding error), in order: each distinct image analysed
+    once; an image in `known` (image id -> verdict) or met earlier reported as a duplicate of the
+    first path. Duplicates are shallow copies, so masks attached in memory stay shared."""
     fresh: dict[str, tuple[str, DecodedImage]] = {}
-    for item, result in zip(chunk, decoded, strict=True):
+    for path, result in named:
         if isinstance(result, DecodedImage) and result.record.id not in known:
-            fresh.setdefault(result.record.id, (item.path, result))
-    analysed = {
-        verdict.image_id: verdict for verdict in pipeline.analyse(list(fresh.values()))
-    }
+            fresh.setdefault(result.record.id, (path, result))
+    analysed = {verdict.image_id: verdict for verdict in pipeline.analyse(list(fresh.values()))}
     rows = []
-    for item, result in zip(chunk, decoded, strict=True):
+    for path, result in named:
         if isinstance(result, ErrorInfo):
-            rows.append(Verdict(path=item.path, error=result))
+            rows.append(Verdict(path=path, error=result))
             continue
         original = analysed.get(result.record.id) or known[result.record.id]
-        if original.path == item.path:
-            original.timings_ms["decode"] = decode_ms
+        if original.path == path:
             rows.append(original)
         else:
-            rows.append(
-                original.model_copy(
-                    update={
-                        "path": item.path,
-                        "duplicate_of": original.path,
-                        "image": result.record,
-                    }
-                )
-            )
+            rows.append(original.model_copy(update={"path": path, "duplicate_of": original.path, "image": result.record}))
     return rows

@@ -37,7 +37,7 @@ from coe.core.imaging import DecodedImage, ImageDecodeError, decode_image_bytes
 from coe.core.records import ErrorCode, ErrorInfo, ExpertOutput, Localization, Verdict
 from coe.defaults import DEFAULT_ROUTER
 from coe.models import ExpertPool, routing_features
-from coe.pipeline import RoutePipeline
+from coe.pipeline import RoutePipeline, judge_decoded
 from coe.ray_route import start_ray
 from experts.base import ExpertCard, Resources, create_expert, localize_each, predict_each
 from router.artifact import has_readable_artifact
@@ -60,14 +60,18 @@ class StrictSettings(BaseModel):
 
 
 class BatchSettings(StrictSettings):
-    max_batch_size: int = Field(default=16, ge=1, description="images embedded or judged together, across requests")
+    max_batch_size: int = Field(
+        default=16, ge=1, description="images embedded or judged together, across requests"
+    )
     batch_wait_timeout_s: float = Field(default=0.01, ge=0.0, description="how long a batch waits to fill up")
 
 
 class ExpertScaling(StrictSettings):
     min_replicas: int = Field(default=1, ge=1)
     max_replicas: int = Field(default=1, ge=1)
-    target_ongoing_requests: float = Field(default=16.0, gt=0, description="per replica, before Serve adds one")
+    target_ongoing_requests: float = Field(
+        default=16.0, gt=0, description="per replica, before Serve adds one"
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> "ExpertScaling":
@@ -79,19 +83,27 @@ class ExpertScaling(StrictSettings):
 class ServeSettings(StrictSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
-    api_keys: list[SecretStr] = Field(default=[], description=f"accepted keys; env {API_KEY_ENV} (comma-separated) adds more")
+    api_keys: list[SecretStr] = Field(
+        default=[], description=f"accepted keys; env {API_KEY_ENV} (comma-separated) adds more"
+    )
     require_api_key: Literal["auto"] | bool = Field(
         default="auto", description="auto: required whenever `host` is not a loopback address"
     )
     max_upload_bytes: int = Field(default=64 * 2**20, gt=0, description="the whole request body")
     max_images_per_request: int = Field(default=64, ge=1)
     request_timeout_s: float = Field(default=120.0, gt=0)
-    masks: MaskMode = Field(default="inline", description="inline: masks as base64 PNG data URLs; none: left out")
+    masks: MaskMode = Field(
+        default="inline", description="inline: masks as base64 PNG data URLs; none: left out"
+    )
     max_ongoing_requests: int = Field(
         default=100, ge=1, description="per replica; Serve's default of 5 collapses under concurrent clients"
     )
-    pipeline_threads: int = Field(default=8, ge=1, description="requests the ingress analyses at the same time")
-    ingress_num_cpus: float = Field(default=0.5, ge=0, description="decoding and routing happen in the ingress")
+    pipeline_threads: int = Field(
+        default=8, ge=1, description="requests the ingress analyses at the same time"
+    )
+    ingress_num_cpus: float = Field(
+        default=0.5, ge=0, description="decoding and routing happen in the ingress"
+    )
     features_num_cpus: float = Field(default=1.0, ge=0)
     features_batch: BatchSettings = BatchSettings()
     experts_batch: BatchSettings = BatchSettings()
@@ -128,7 +140,9 @@ def _is_loopback(host: str) -> bool:
 class ServeArgs(StrictSettings):
     """The application builder's arguments, as in the `args:` of a Serve config file."""
 
-    config: Path | None = Field(default=None, description="a coe configuration file over configs/defaults.yaml")
+    config: Path | None = Field(
+        default=None, description="a coe configuration file over configs/defaults.yaml"
+    )
     set: list[str] = Field(default=[], description="KEY=VALUE overrides, as `coe --set`")
     serve: ServeSettings = ServeSettings()
 
@@ -140,7 +154,11 @@ def load_serve_args(path: Path) -> ServeArgs:
         document = yaml.safe_load(Path(path).read_text()) or {}
         applications = document.get("applications") or [{}]
         args = dict(applications[0].get("args") or {})
-        http = {key: value for key, value in (document.get("http_options") or {}).items() if key in {"host", "port"}}
+        http = {
+            key: value
+            for key, value in (document.get("http_options") or {}).items()
+            if key in {"host", "port"}
+        }
         args["serve"] = {**(args.get("serve") or {}), **http}
         return ServeArgs.model_validate(args)
     except (OSError, yaml.YAMLError, AttributeError, ValidationError) as error:
@@ -161,7 +179,8 @@ class ErrorResponse(BaseModel):
 
 class ServedVerdict(Verdict):
     masks: dict[str, str] = Field(
-        default={}, description="mask name (expert.union, expert.NN.category) -> PNG data URL, with masks=inline"
+        default={},
+        description="mask name (expert.union, expert.NN.category) -> PNG data URL, with masks=inline",
     )
 
 
@@ -197,15 +216,24 @@ class ApiError(HTTPException):
         self.code = code
 
 
-CODES_BY_STATUS = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-                   413: "payload_too_large", 422: "bad_request", 504: "timeout"}
+CODES_BY_STATUS = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    422: "bad_request",
+    504: "timeout",
+}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (401, 413, 422, 500, 504)
 }
 
 
 def error_json(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse(ErrorResponse(error=ApiErrorBody(code=code, message=message)).model_dump(), status_code=status)
+    return JSONResponse(
+        ErrorResponse(error=ApiErrorBody(code=code, message=message)).model_dump(), status_code=status
+    )
 
 
 # --------------------------------------------------------------------------------- HTTP gatekeeper
@@ -255,7 +283,9 @@ class Gatekeeper:
         return key in self.keys
 
     def _too_large(self, size: int) -> JSONResponse:
-        return error_json(413, "payload_too_large", f"the upload has {size} bytes, over the limit of {self.max_bytes}")
+        return error_json(
+            413, "payload_too_large", f"the upload has {size} bytes, over the limit of {self.max_bytes}"
+        )
 
 
 # ---------------------------------------------------------------------------- worker deployments
@@ -313,7 +343,9 @@ class ExpertDeployment:
         # A replica whose every image fails, batch after batch, is broken (e.g. a lost device):
         # Serve replaces it.
         if self.failed_batches_in_a_row >= self.UNHEALTHY_AFTER_FAILED_BATCHES:
-            raise RuntimeError(f"{self.expert.name}: the last {self.failed_batches_in_a_row} batches all failed")
+            raise RuntimeError(
+                f"{self.expert.name}: the last {self.failed_batches_in_a_row} batches all failed"
+            )
 
 
 # ------------------------------------------------------------- remote stand-ins for the pipeline
@@ -394,7 +426,10 @@ def mask_data_url(mask: np.ndarray) -> str:
 
 def inline_masks(verdict: Verdict) -> dict[str, str]:
     """The in-memory masks of a verdict's evidence as PNG data URLs, named as `coe route` names files."""
-    evidence: list[Localization] = [*verdict.expert_outputs, *([verdict.localization] if verdict.localization else [])]
+    evidence: list[Localization] = [
+        *verdict.expert_outputs,
+        *([verdict.localization] if verdict.localization else []),
+    ]
     masks = {}
     for item in evidence:
         for index, artifact in enumerate(item.artifacts):
@@ -410,32 +445,25 @@ def analyse_uploads(
 ) -> list[ServedVerdict]:
     """One verdict per upload, in order: bad files get their error code, identical files are
     analysed once and the later ones marked `duplicate_of` the first."""
-    decoded: list[DecodedImage | ErrorInfo] = []
+    decoded: list[tuple[str, DecodedImage | ErrorInfo]] = []
     for name, data in uploads:
         try:
-            decoded.append(decode_image_bytes(data, name, config.ingest))
+            decoded.append((name, decode_image_bytes(data, name, config.ingest)))
         except ImageDecodeError as error:
-            decoded.append(error.error)
+            decoded.append((name, error.error))
         except Exception as error:  # a decoder bug must cost one upload, not the request
-            decoded.append(ErrorInfo(code=ErrorCode.INTERNAL_ERROR, message=f"{name}: {type(error).__name__}: {error}"))
-    first_of: dict[str, int] = {}
-    for index, result in enumerate(decoded):
-        if isinstance(result, DecodedImage):
-            first_of.setdefault(result.record.id, index)
-    analysed = pipeline.analyse([(uploads[i][0], decoded[i]) for i in first_of.values()])
-    by_id = {verdict.image_id: verdict for verdict in analysed}
-    verdicts = []
-    for index, ((name, _), result) in enumerate(zip(uploads, decoded, strict=True)):
-        if isinstance(result, ErrorInfo):
-            verdicts.append(ServedVerdict(path=name, error=result))
-            continue
-        original = by_id[result.record.id]
-        first = first_of[result.record.id]
-        fields = original.model_dump()
-        if first != index:
-            fields.update(path=name, duplicate_of=uploads[first][0], image=result.record.model_dump())
-        verdicts.append(ServedVerdict(**fields, masks=inline_masks(original) if masks == "inline" else {}))
-    return verdicts
+            decoded.append(
+                (
+                    name,
+                    ErrorInfo(
+                        code=ErrorCode.INTERNAL_ERROR, message=f"{name}: {type(error).__name__}: {error}"
+                    ),
+                )
+            )
+    return [
+        ServedVerdict(**verdict.model_dump(), masks=inline_masks(verdict) if masks == "inline" else {})
+        for verdict in judge_decoded(decoded, pipeline, {})
+    ]
 
 
 def install_error_handlers(api: FastAPI) -> None:
@@ -448,7 +476,9 @@ def install_error_handlers(api: FastAPI) -> None:
 
     @api.exception_handler(RequestValidationError)
     async def validation_error(request, error: RequestValidationError):
-        problems = "; ".join(f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}" for item in error.errors())
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}" for item in error.errors()
+        )
         return error_json(422, "bad_request", problems)
 
     @api.exception_handler(Exception)
@@ -463,14 +493,19 @@ class CoeIngress:
     on deployment responses is fine; each thread has its own pipeline, since the feature cache's
     SQLite connection belongs to the thread that opened it."""
 
-    async def __init__(self, config: CoeConfig, settings: ServeSettings, features, experts: dict, localizer=None):
+    async def __init__(
+        self, config: CoeConfig, settings: ServeSettings, features, experts: dict, localizer=None
+    ):
         self.config = config
         self.settings = settings
         extractor_id, random_weights = await features.describe.remote()
         self.features = RemoteFeatures(features, extractor_id, random_weights)
         cards = load_expert_cards(config)
         self.pool = RemotePool(
-            {name: RemoteExpert(handle, cards[name], await handle.identity.remote()) for name, handle in experts.items()}
+            {
+                name: RemoteExpert(handle, cards[name], await handle.identity.remote())
+                for name, handle in experts.items()
+            }
         )
         self.localizer = None
         if localizer is not None:
@@ -484,7 +519,11 @@ class CoeIngress:
     def _pipeline(self) -> RoutePipeline:
         if getattr(self.local, "pipeline", None) is None:
             self.local.pipeline = RoutePipeline(
-                self.config, say=logger.warning, pool=self.pool, features=self.features, localizer=self.localizer
+                self.config,
+                say=logger.warning,
+                pool=self.pool,
+                features=self.features,
+                localizer=self.localizer,
             )
         return self.local.pipeline
 
@@ -495,13 +534,21 @@ class CoeIngress:
         try:
             return await asyncio.wait_for(work, self.settings.request_timeout_s)
         except TimeoutError:
-            raise ApiError(504, "timeout", f"the analysis took longer than {self.settings.request_timeout_s:g} s") from None
+            raise ApiError(
+                504, "timeout", f"the analysis took longer than {self.settings.request_timeout_s:g} s"
+            ) from None
 
     def experts_info(self) -> ExpertsResponse:
         def info(expert: RemoteExpert) -> ExpertInfo:
             card = expert.card
-            return ExpertInfo(name=card.name, family=card.family, capabilities=list(card.capabilities),
-                              cost=card.cost, resources=card.resources, identity=expert.identity)
+            return ExpertInfo(
+                name=card.name,
+                family=card.family,
+                capabilities=list(card.capabilities),
+                cost=card.cost,
+                resources=card.resources,
+                identity=expert.identity,
+            )
 
         return ExpertsResponse(
             experts=[info(expert) for expert in self.pool.experts.values()],
@@ -513,14 +560,17 @@ class CoeIngress:
         application = serve.get_replica_context().app_name
         status = await asyncio.to_thread(serve.status)
         deployments = status.applications[application].deployments
-        return {name: str(getattr(state.status, "value", state.status)) for name, state in deployments.items()}
+        return {
+            name: str(getattr(state.status, "value", state.status)) for name, state in deployments.items()
+        }
 
 
 def ingress_deployment(settings: ServeSettings):
     """The ingress class with its FastAPI routes. Made per settings, since the routes' limits and
     the gatekeeper's keys are fixed when the FastAPI app is built."""
     api = FastAPI(
-        title="coe", version="1",
+        title="coe",
+        version="1",
         description="Routes each image to the forensic expert most likely to tell whether it is real or AI-generated.",
     )
     install_error_handlers(api)
@@ -540,9 +590,13 @@ def ingress_deployment(settings: ServeSettings):
             """Verdicts for uploaded images, one per file, in order (the same records as `coe route`)."""
             if len(files) > settings.max_images_per_request:
                 raise ApiError(
-                    413, "too_many_images", f"{len(files)} files, over the limit of {settings.max_images_per_request}"
+                    413,
+                    "too_many_images",
+                    f"{len(files)} files, over the limit of {settings.max_images_per_request}",
                 )
-            uploads = [(file.filename or f"upload-{index}", await file.read()) for index, file in enumerate(files)]
+            uploads = [
+                (file.filename or f"upload-{index}", await file.read()) for index, file in enumerate(files)
+            ]
             return AnalyzeResponse(verdicts=await self.analyse(uploads, masks or settings.masks))
 
         @api.get("/v1/experts", response_model=ExpertsResponse, responses=ERROR_RESPONSES)
@@ -574,7 +628,10 @@ def check_models(config: CoeConfig) -> None:
     untrained = ExpertPool(config).untrained()
     router = config.router.path or config.resolve_in_home(DEFAULT_ROUTER)
     if untrained or not has_readable_artifact(router):
-        missing = [*(f"expert {name}" for name in untrained), *([f"router {router}"] if not has_readable_artifact(router) else [])]
+        missing = [
+            *(f"expert {name}" for name in untrained),
+            *([f"router {router}"] if not has_readable_artifact(router) else []),
+        ]
         raise ServeError(
             f"nothing to serve yet: missing {', '.join(missing)}; run `coe demo` (or `coe route` once) to build the "
             "default models first"
@@ -596,43 +653,66 @@ def fit_to_cluster(
     fitted = {}
     for name, card in cards.items():
         if card.resources.num_gpus and not cluster.get("GPU", 0):
-            say(f"expert {name} asks for {card.resources.num_gpus:g} GPU but the Ray cluster has none: running it on the CPU")
+            say(
+                f"expert {name} asks for {card.resources.num_gpus:g} GPU but the Ray cluster has none: running it on the CPU"
+            )
             params = dict(card.params)
             if "device" in create_expert(card).Params.model_fields:
                 params["device"] = "cpu"
-            card = card.model_copy(update={"resources": card.resources.model_copy(update={"num_gpus": 0.0}),
-                                           "params": params})
+            card = card.model_copy(
+                update={"resources": card.resources.model_copy(update={"num_gpus": 0.0}), "params": params}
+            )
         fitted[name] = card
     replicas = settings.experts_autoscaling.min_replicas
-    wanted = settings.ingress_num_cpus + settings.features_num_cpus + replicas * sum(
-        card.resources.num_cpus for card in fitted.values()
+    wanted = (
+        settings.ingress_num_cpus
+        + settings.features_num_cpus
+        + replicas * sum(card.resources.num_cpus for card in fitted.values())
     )
     available = cluster.get("CPU", 0)
     if wanted > available > 0:
         scale = available / wanted
-        say(f"the deployments ask for {wanted:g} CPUs but the Ray cluster has {available:g}: scaling every request by {scale:.2f}")
+        say(
+            f"the deployments ask for {wanted:g} CPUs but the Ray cluster has {available:g}: scaling every request by {scale:.2f}"
+        )
         fitted = {
-            name: card.model_copy(update={"resources": card.resources.model_copy(
-                update={"num_cpus": card.resources.num_cpus * scale})})
+            name: card.model_copy(
+                update={
+                    "resources": card.resources.model_copy(
+                        update={"num_cpus": card.resources.num_cpus * scale}
+                    )
+                }
+            )
             for name, card in fitted.items()
         }
-        settings = settings.model_copy(update={"ingress_num_cpus": settings.ingress_num_cpus * scale,
-                                               "features_num_cpus": settings.features_num_cpus * scale})
+        settings = settings.model_copy(
+            update={
+                "ingress_num_cpus": settings.ingress_num_cpus * scale,
+                "features_num_cpus": settings.features_num_cpus * scale,
+            }
+        )
     return fitted, settings
 
 
-def build_application(config: CoeConfig, settings: ServeSettings, say: Callable[[str], None] = logger.warning):
+def build_application(
+    config: CoeConfig, settings: ServeSettings, say: Callable[[str], None] = logger.warning
+):
     """The Serve application for `config`: ingress -> features, one deployment per expert."""
     check_models(config)
-    names = list(dict.fromkeys([*config.experts, *([config.localize.expert] if config.localize.expert else [])]))
+    names = list(
+        dict.fromkeys([*config.experts, *([config.localize.expert] if config.localize.expert else [])])
+    )
     cards, settings = fit_to_cluster({name: load_expert_card(config, name) for name in names}, settings, say)
     scaling = settings.experts_autoscaling
 
     def expert_app(card: ExpertCard):
         return ExpertDeployment.options(
             name=f"expert-{card.name}",
-            ray_actor_options={"num_cpus": card.resources.num_cpus, "num_gpus": card.resources.num_gpus,
-                               "memory": card.resources.memory_mb * 2**20},
+            ray_actor_options={
+                "num_cpus": card.resources.num_cpus,
+                "num_gpus": card.resources.num_gpus,
+                "memory": card.resources.memory_mb * 2**20,
+            },
             autoscaling_config=scaling.model_dump(),
             max_ongoing_requests=settings.max_ongoing_requests,
         ).bind(config, card, settings.experts_batch)
@@ -645,10 +725,14 @@ def build_application(config: CoeConfig, settings: ServeSettings, say: Callable[
         ray_actor_options={"num_cpus": settings.features_num_cpus},
         max_ongoing_requests=settings.max_ongoing_requests,
     ).bind(config, settings.features_batch)
-    return ingress_deployment(settings).options(
-        ray_actor_options={"num_cpus": settings.ingress_num_cpus},
-        max_ongoing_requests=settings.max_ongoing_requests,
-    ).bind(config, settings, features, experts, localizer)
+    return (
+        ingress_deployment(settings)
+        .options(
+            ray_actor_options={"num_cpus": settings.ingress_num_cpus},
+            max_ongoing_requests=settings.max_ongoing_requests,
+        )
+        .bind(config, settings, features, experts, localizer)
+    )
 
 
 def build_app(args: ServeArgs):
@@ -667,8 +751,13 @@ def running(
     check_models(config)  # before starting Ray: a missing model is a user's error, found in a second
     start_ray(address or "local")
     try:
-        serve.start(http_options={"host": settings.host, "port": settings.port,
-                                  "request_timeout_s": settings.request_timeout_s + 10})
+        serve.start(
+            http_options={
+                "host": settings.host,
+                "port": settings.port,
+                "request_timeout_s": settings.request_timeout_s + 10,
+            }
+        )
         serve.run(build_application(config, settings, say), name="coe", route_prefix="/")
         yield f"http://{settings.host}:{settings.port}"
     finally:

@@ -30,7 +30,10 @@ from tests.conftest import tiny_config
 API_KEY = "test-key"
 AUTH = {"X-API-Key": API_KEY}
 MAX_UPLOAD_BYTES = 1_000_000
-LIMIT_OVERRIDES = (f"ingest.max_file_bytes={TEST_LIMITS.max_file_bytes}", f"ingest.max_pixels={TEST_LIMITS.max_pixels}")
+LIMIT_OVERRIDES = (
+    f"ingest.max_file_bytes={TEST_LIMITS.max_file_bytes}",
+    f"ingest.max_pixels={TEST_LIMITS.max_pixels}",
+)
 
 
 def photo_bytes(picture: str, size: tuple[int, int], format_name: str) -> bytes:
@@ -66,10 +69,20 @@ def served(trained_home, tiny_clip):
     os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"
     config = tiny_config(trained_home, tiny_clip, *LIMIT_OVERRIDES)
     settings = ServeSettings(
-        port=free_port(), api_keys=[API_KEY], require_api_key=True, max_upload_bytes=MAX_UPLOAD_BYTES,
-        max_images_per_request=16, request_timeout_s=60,
+        port=free_port(),
+        api_keys=[API_KEY],
+        require_api_key=True,
+        max_upload_bytes=MAX_UPLOAD_BYTES,
+        max_images_per_request=16,
+        request_timeout_s=60,
     )
-    ray.init(address="local", num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        log_to_driver=False,
+    )
     try:
         serve.start(http_options={"host": settings.host, "port": settings.port})
         serve.run(build_application(config, settings), name="coe", route_prefix="/")
@@ -97,8 +110,11 @@ def in_process(trained_home, tiny_clip, tmp_path_factory):
 
 def analyze(url: str, files: list[tuple[str, bytes]], headers=AUTH, **params) -> requests.Response:
     return requests.post(
-        f"{url}/v1/analyze", files=[("files", (name, data)) for name, data in files], headers=headers,
-        params=params, timeout=120,
+        f"{url}/v1/analyze",
+        files=[("files", (name, data)) for name, data in files],
+        headers=headers,
+        params=params,
+        timeout=120,
     )
 
 
@@ -114,7 +130,9 @@ def assert_same_verdicts(served_verdicts: list[dict], reference: list[Verdict]) 
 def test_analyze_one_and_many_match_the_in_process_pipeline(served, in_process):
     config, pipeline = in_process
     files = list(PHOTOS.items())
-    reference = pipeline.analyse([(name, decode_image_bytes(data, name, config.ingest)) for name, data in files])
+    reference = pipeline.analyse(
+        [(name, decode_image_bytes(data, name, config.ingest)) for name, data in files]
+    )
 
     one = analyze(served, files[:1])
     assert one.status_code == 200, one.text
@@ -170,7 +188,9 @@ def test_oversized_uploads_and_too_many_images_are_refused(served):
         yield b"\r\n--xyz--\r\n"
 
     streamed = requests.post(
-        f"{served}/v1/analyze", data=chunked_multipart(), timeout=60,
+        f"{served}/v1/analyze",
+        data=chunked_multipart(),
+        timeout=60,
         headers={**AUTH, "Content-Type": "multipart/form-data; boundary=xyz"},
     )
     assert streamed.status_code == 413
@@ -229,8 +249,12 @@ def test_concurrent_requests_are_all_answered(served):
 def test_masks_become_png_data_urls():
     mask = np.zeros((8, 10), dtype=bool)
     mask[2:4, 3:7] = True
-    output = ExpertOutput(expert="legion", p_fake=0.9, label="fake",
-                          artifacts=[Artifact(phrase="six fingers", category="structure").with_mask(mask)])
+    output = ExpertOutput(
+        expert="legion",
+        p_fake=0.9,
+        label="fake",
+        artifacts=[Artifact(phrase="six fingers", category="structure").with_mask(mask)],
+    )
     masks = inline_masks(Verdict(path="a.png", expert_outputs=[output]))
     assert set(masks) == {"legion.00.structure", "legion.union"}
     encoded = masks["legion.union"].removeprefix("data:image/png;base64,")
@@ -256,12 +280,34 @@ def test_load_benchmark_runs_end_to_end(tmp_path, trained_home, tiny_clip):
     """Tiny sizes; the figures are not judged. A subprocess, so that it starts its own Ray."""
     out = tmp_path / "load"
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.load", "--images", "4", "--size", "96", "--requests", "8",
-         "--clients", "1", "4", "--home", str(trained_home), "--out", str(out),
-         "--set", f"features.weights=local-dir:{tiny_clip}"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "RAY_ENABLE_AUTO_CONNECT": "0"},
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.load",
+            "--images",
+            "4",
+            "--size",
+            "96",
+            "--requests",
+            "8",
+            "--clients",
+            "1",
+            "4",
+            "--home",
+            str(trained_home),
+            "--out",
+            str(out),
+            "--set",
+            f"features.weights=local-dir:{tiny_clip}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "RAY_ENABLE_AUTO_CONNECT": "0"},
     )
     assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-3000:]
     report = json.loads((out / "load.json").read_text())
     assert [run["clients"] for run in report["runs"]] == [1, 4]
-    assert all(run["served"]["requests_per_second"] > 0 and run["throughput_ratio"] > 0 for run in report["runs"])
+    assert all(
+        run["served"]["requests_per_second"] > 0 and run["throughput_ratio"] > 0 for run in report["runs"]
+    )
