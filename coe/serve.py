@@ -14,6 +14,7 @@ import io
 import ipaddress
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -26,13 +27,14 @@ import numpy as np
 import yaml
 from fastapi import FastAPI, File, Query, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from ray import serve
 from starlette.exceptions import HTTPException
 
 from coe.config import CoeConfig, ConfigError, load_config, load_expert_card, load_expert_cards
+from coe.core.masks import MASKS_DIR
 from coe.core.imaging import DecodedImage, ImageDecodeError, decode_image_bytes
 from coe.core.records import ErrorCode, ErrorInfo, ExpertOutput, Localization, Verdict
 from coe.defaults import DEFAULT_ROUTER
@@ -45,7 +47,10 @@ from router.artifact import has_readable_artifact
 logger = logging.getLogger("coe.serve")
 
 API_KEY_ENV = "COE_API_KEYS"
-MaskMode = Literal["inline", "none"]
+MASK_STORE = "serve-masks"
+MASK_KEY = re.compile(r"^[0-9a-f]{16}$")  # what coe.core.masks names an image's folder
+MASK_NAME = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*\.png$")  # no separators, no ".."
+MaskMode = Literal["inline", "link", "none"]
 
 
 class ServeError(RuntimeError):
@@ -93,7 +98,12 @@ class ServeSettings(StrictSettings):
     max_images_per_request: int = Field(default=64, ge=1)
     request_timeout_s: float = Field(default=120.0, gt=0)
     masks: MaskMode = Field(
-        default="inline", description="inline: masks as base64 PNG data URLs; none: left out"
+        default="inline",
+        description="inline: masks as base64 PNG data URLs; link: written to mask_store, served at "
+        "/v1/masks/...; none: left out",
+    )
+    mask_store: Path | None = Field(
+        default=None, description="where masks=link writes mask PNGs (default: serve-masks in COE home); never pruned"
     )
     max_ongoing_requests: int = Field(
         default=100, ge=1, description="per replica; Serve's default of 5 collapses under concurrent clients"
@@ -180,7 +190,8 @@ class ErrorResponse(BaseModel):
 class ServedVerdict(Verdict):
     masks: dict[str, str] = Field(
         default={},
-        description="mask name (expert.union, expert.NN.category) -> PNG data URL, with masks=inline",
+        description="mask name (expert.union, expert.NN.category) -> a PNG data URL (masks=inline) or the "
+        "mask's URL path (masks=link)",
     )
 
 
@@ -424,24 +435,30 @@ def mask_data_url(mask: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def inline_masks(verdict: Verdict) -> dict[str, str]:
-    """The in-memory masks of a verdict's evidence as PNG data URLs, named as `coe route` names files."""
+def served_masks(verdict: Verdict, mode: MaskMode) -> dict[str, str]:
+    """A verdict's masks, named as `coe route` names its files: PNG data URLs of the masks in memory
+    (inline), or the URL paths of the files the pipeline wrote (link)."""
+    if mode == "none":
+        return {}
     evidence: list[Localization] = [
         *verdict.expert_outputs,
         *([verdict.localization] if verdict.localization else []),
     ]
     masks = {}
     for item in evidence:
-        for index, artifact in enumerate(item.artifacts):
-            if artifact.mask is not None:
-                masks[f"{item.expert}.{index:02d}.{artifact.category}"] = mask_data_url(artifact.mask)
-        if item.union_mask is not None:
-            masks[f"{item.expert}.union"] = mask_data_url(item.union_mask)
+        named = [(f"{item.expert}.{index:02d}.{artifact.category}", artifact.mask, artifact.mask_file)
+                 for index, artifact in enumerate(item.artifacts)]
+        named.append((f"{item.expert}.union", item.union_mask, item.union_mask_file))
+        for name, mask, file in named:
+            if mode == "inline" and mask is not None:
+                masks[name] = mask_data_url(mask)
+            elif mode == "link" and file is not None:
+                masks[name] = f"/v1/{file}"
     return masks
 
 
 def analyse_uploads(
-    pipeline: RoutePipeline, uploads: list[tuple[str, bytes]], config: CoeConfig, masks: MaskMode
+    pipeline: RoutePipeline, uploads: list[tuple[str, bytes]], config: CoeConfig, masks: MaskMode, mask_store: Path
 ) -> list[ServedVerdict]:
     """One verdict per upload, in order: bad files get their error code, identical files are
     analysed once and the later ones marked `duplicate_of` the first."""
@@ -460,8 +477,9 @@ def analyse_uploads(
                     ),
                 )
             )
+    pipeline.run_dir = mask_store if masks == "link" else None  # each thread owns its pipeline
     return [
-        ServedVerdict(**verdict.model_dump(), masks=inline_masks(verdict) if masks == "inline" else {})
+        ServedVerdict(**verdict.model_dump(), masks=served_masks(verdict, masks))
         for verdict in judge_decoded(decoded, pipeline, {})
     ]
 
@@ -511,6 +529,7 @@ class CoeIngress:
         if localizer is not None:
             card = load_expert_card(config, config.localize.expert)
             self.localizer = RemoteExpert(localizer, card, await localizer.identity.remote())
+        self.mask_store = settings.mask_store or config.home / MASK_STORE
         self.local = threading.local()
         self.workers = ThreadPoolExecutor(settings.pipeline_threads, thread_name_prefix="coe-pipeline")
         # One pipeline now, so that a router that cannot be loaded fails the deployment, not a request.
@@ -529,7 +548,7 @@ class CoeIngress:
 
     async def analyse(self, uploads: list[tuple[str, bytes]], masks: MaskMode) -> list[ServedVerdict]:
         work = asyncio.get_running_loop().run_in_executor(
-            self.workers, lambda: analyse_uploads(self._pipeline(), uploads, self.config, masks)
+            self.workers, lambda: analyse_uploads(self._pipeline(), uploads, self.config, masks, self.mask_store)
         )
         try:
             return await asyncio.wait_for(work, self.settings.request_timeout_s)
@@ -598,6 +617,17 @@ def ingress_deployment(settings: ServeSettings):
                 (file.filename or f"upload-{index}", await file.read()) for index, file in enumerate(files)
             ]
             return AnalyzeResponse(verdicts=await self.analyse(uploads, masks or settings.masks))
+
+        @api.get(
+            "/v1/masks/{image_key}/{name}", response_class=FileResponse,
+            responses={200: {"content": {"image/png": {}}}, 404: {"model": ErrorResponse}, **ERROR_RESPONSES},
+        )
+        async def mask(self, image_key: str, name: str) -> FileResponse:
+            """A mask PNG written for a request with masks=link."""
+            path = self.mask_store / MASKS_DIR / image_key / name
+            if not (MASK_KEY.match(image_key) and MASK_NAME.match(name) and path.is_file()):
+                raise ApiError(404, "not_found", f"no mask {image_key}/{name}")
+            return FileResponse(path, media_type="image/png")
 
         @api.get("/v1/experts", response_model=ExpertsResponse, responses=ERROR_RESPONSES)
         async def experts(self) -> ExpertsResponse:

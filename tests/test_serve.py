@@ -23,7 +23,7 @@ from coe.config import CONFIG_DIR
 from coe.core.imaging import decode_image_bytes
 from coe.core.records import Artifact, ExpertOutput, Verdict
 from coe.pipeline import RoutePipeline
-from coe.serve import ServeArgs, ServeSettings, build_application, inline_masks, load_serve_args
+from coe.serve import ServeArgs, ServeSettings, build_application, served_masks, load_serve_args
 from tests.bad_files import TEST_LIMITS, flat_bilevel_png
 from tests.conftest import tiny_config
 
@@ -255,7 +255,7 @@ def test_masks_become_png_data_urls():
         label="fake",
         artifacts=[Artifact(phrase="six fingers", category="structure").with_mask(mask)],
     )
-    masks = inline_masks(Verdict(path="a.png", expert_outputs=[output]))
+    masks = served_masks(Verdict(path="a.png", expert_outputs=[output]), "inline")
     assert set(masks) == {"legion.00.structure", "legion.union"}
     encoded = masks["legion.union"].removeprefix("data:image/png;base64,")
     decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(encoded))))
@@ -267,11 +267,11 @@ def test_settings_require_a_key_off_loopback_and_read_the_serve_config(monkeypat
     with pytest.raises(ValueError, match="API key is required"):
         ServeSettings(host="0.0.0.0")
     assert not ServeSettings().api_key_required
-    monkeypatch.setenv("COE_API_KEYS", "one, two")
+    monkeypatch.setenv("COE_API_KEYS", "key-alpha, key-beta")
     settings = ServeSettings(host="0.0.0.0")
     assert settings.api_key_required
-    assert [key.get_secret_value() for key in settings.api_keys] == ["one", "two"]
-    assert "one" not in repr(settings)
+    assert [key.get_secret_value() for key in settings.api_keys] == ["key-alpha", "key-beta"]
+    assert "key-alpha" not in repr(settings)
     args = load_serve_args(CONFIG_DIR / "serve.yaml")
     assert isinstance(args, ServeArgs) and args.serve.max_ongoing_requests >= 100
 
@@ -311,3 +311,39 @@ def test_load_benchmark_runs_end_to_end(tmp_path, trained_home, tiny_clip):
     assert all(
         run["served"]["requests_per_second"] > 0 and run["throughput_ratio"] > 0 for run in report["runs"]
     )
+
+
+def test_masks_as_links_name_the_files_the_pipeline_wrote(tmp_path):
+    from coe.core.masks import save_masks
+
+    mask = np.zeros((6, 6), dtype=bool)
+    mask[1:3, 1:3] = True
+    output = ExpertOutput(expert="legion", p_fake=0.9, label="fake",
+                          artifacts=[Artifact(phrase="odd shadow", category="physics").with_mask(mask)])
+    save_masks(output, tmp_path, "0123456789abcdef")
+    links = served_masks(Verdict(path="a.png", expert_outputs=[output]), "link")
+    assert links == {
+        "legion.00.physics": "/v1/masks/0123456789abcdef/legion.00.physics.odd-shadow.png",
+        "legion.union": "/v1/masks/0123456789abcdef/legion.union.png",
+    }
+    assert served_masks(Verdict(path="a.png", expert_outputs=[output]), "none") == {}
+
+
+def test_mask_files_are_served_and_nothing_else(served, trained_home):
+    folder = trained_home / "serve-masks" / "masks" / "00112233aabbccdd"
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.eye(8, dtype=np.uint8) * 255).save(folder / "legion.union.png")
+    answer = requests.get(f"{served}/v1/masks/00112233aabbccdd/legion.union.png", headers=AUTH, timeout=30)
+    assert answer.status_code == 200 and answer.headers["content-type"] == "image/png"
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(answer.content))) > 0, np.eye(8, dtype=bool))
+    assert requests.get(f"{served}/v1/masks/00112233aabbccdd/legion.union.png", timeout=30).status_code == 401
+    for bad in ("00112233aabbccdd/missing.png", "..%2F..%2Fexperts/meta.json", "00112233aabbccdd/..%2Fx.png",
+                "not-a-key/legion.union.png"):
+        refused = requests.get(f"{served}/v1/masks/{bad}", headers=AUTH, timeout=30)
+        assert refused.status_code == 404, bad
+        assert refused.json()["error"]["code"] == "not_found"
+    image = io.BytesIO()
+    Image.fromarray(np.kron(np.eye(8, dtype=np.uint8) * 255, np.ones((8, 8), dtype=np.uint8))).save(image, "PNG")
+    analysed = requests.post(f"{served}/v1/analyze?masks=link", headers=AUTH, timeout=60,
+                             files={"files": ("eye.png", image.getvalue(), "image/png")})
+    assert analysed.status_code == 200 and analysed.json()["verdicts"][0]["error"] is None
