@@ -347,3 +347,21 @@ def test_mask_files_are_served_and_nothing_else(served, trained_home):
     analysed = requests.post(f"{served}/v1/analyze?masks=link", headers=AUTH, timeout=60,
                              files={"files": ("eye.png", image.getvalue(), "image/png")})
     assert analysed.status_code == 200 and analysed.json()["verdicts"][0]["error"] is None
+
+
+def test_gpu_experts_run_on_the_cpu_of_a_cluster_without_gpus(served):
+    """The cluster of this module has 2 CPUs and no GPU: a card asking for a GPU would never be
+    scheduled, so it is fitted to the CPU, and the CPU requests are scaled to what exists."""
+    from coe.config import load_config, load_expert_card
+    from coe.serve import fit_to_cluster
+
+    config = load_config()
+    cards = {name: load_expert_card(config, name) for name in ("fakevlm", "univfd", "dct")}
+    said: list[str] = []
+    fitted, settings = fit_to_cluster(cards, ServeSettings(), said.append)
+    assert all(card.resources.num_gpus == 0 for card in fitted.values())
+    assert fitted["fakevlm"].params["device"] == fitted["univfd"].params["device"] == "cpu"
+    assert "device" not in fitted["dct"].params
+    assert any("fakevlm asks for 0.25 GPU but the Ray cluster has none" in line for line in said)
+    wanted = settings.ingress_num_cpus + settings.features_num_cpus + sum(c.resources.num_cpus for c in fitted.values())
+    assert wanted == pytest.approx(2.0)
