@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test bench-throughput bench-gpu-smoke
+.PHONY: setup browser demo test bench-throughput bench-gpu-smoke
 
 setup: $(STAMP)
 
@@ -18,7 +18,15 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(BIN)/coe demo
 
-test: setup
+# The report tests drive Debian's Chromium headless through Playwright (which downloads no browser).
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+browser:
+	@test -x $(CHROMIUM) || { echo "installing Debian's chromium for the report tests"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+
+test: setup browser
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"
 
 bench-throughput: setup

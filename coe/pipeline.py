@@ -20,11 +20,13 @@ from coe.config import CoeConfig, load_expert_card
 from coe.core.imaging import DecodedImage, ImageDecodeError, read_image
 from coe.core.masks import save_masks
 from coe.core.records import ErrorCode, ErrorInfo, ExpertOutput, Localization, RoutingDecision, Verdict
+from coe.core.thumbnails import write_thumbnail
 from coe.ingest import IngestItem, discover
 from coe.ledger import Ledger, check_run_identity
 from coe.merger import Merger
 from coe.defaults import load_configured_router
 from coe.models import ExpertPool, open_feature_cache, routing_features
+from coe.reports.run_report import write_run_report
 from coe.results import RunSummary, summarize, write_results
 from experts.base import Localizer, localize_each, predict_each
 from router.features import FeatureCache, RoutingFeatures, embed_with_cache
@@ -124,10 +126,11 @@ def load_localizer(config: CoeConfig) -> Localizer | None:
 
 
 class RoutePipeline:
-    """`run_dir`: where masks are written as PNG files (masks/<image id>/...); without one, masks
-    stay attached in memory to the verdicts' outputs. `pool`, `features` and `localizer` replace the
-    in-process experts, feature extractor and localiser with others of the same interface (served
-    ones, for instance); by default they are built from `config`."""
+    """`run_dir`: where masks (masks/<image id>/...) and the report's thumbnails are written;
+    without one, masks stay attached in memory to the verdicts' outputs and no thumbnail is made.
+    `pool`, `features` and `localizer` replace the in-process experts, feature extractor and
+    localiser with others of the same interface (served ones, for instance); by default they are
+    built from `config`."""
 
     def __init__(
         self,
@@ -166,6 +169,9 @@ class RoutePipeline:
             return []
         ids = [image.record.id for _, image in images]
         pixels = [image.pixels for _, image in images]
+        if self.run_dir is not None:
+            for image_id, image_pixels in zip(ids, pixels, strict=True):
+                write_thumbnail(image_pixels, self.run_dir, image_id)
         features_id = self.routing.extractor.extractor_id if self.routing.extractor else None
         random_weights = bool(self.routing.extractor and self.routing.extractor.random_weights)
 
@@ -306,10 +312,12 @@ def route(
         with closing(Ledger(out_dir)) as ledger:
             results, done_before = _route_items(items, executor, ledger, config, console, show_progress)
         write_results(out_dir, results)
-        return summarize(
+        summary = summarize(
             results, out_dir, seconds=time.perf_counter() - started, setup_seconds=setup_seconds,
             done_before=done_before, embedded=executor.n_embedded(),
         )
+        write_run_report(out_dir, results, summary)
+        return summary
     finally:
         executor.close()
 

@@ -17,6 +17,7 @@ from coe.core.records import Verdict
 
 RESULTS_JSONL = "results.jsonl"
 RESULTS_CSV = "results.csv"
+REPORT_FILE = "report.html"  # written by coe.reports.run_report
 CSV_COLUMNS = [
     "path", "image_id", "label", "p_fake", "decided_by", "reason", "explanation", "artifacts", "mask_file",
     "error_code", "error_message",
@@ -122,7 +123,8 @@ def render_summary(summary: RunSummary, console: Console) -> None:
     table.add_row("loading models", f"{summary.setup_seconds:.1f} s")
     table.add_row("routing", f"{summary.seconds - summary.setup_seconds:.1f} s ({summary.paths_per_second:.1f} paths/s)")
     console.print(table)
-    console.print(f"results: {Path(summary.out_dir) / RESULTS_JSONL} and {Path(summary.out_dir) / RESULTS_CSV}")
+    out_dir = Path(summary.out_dir)
+    console.print(f"results: {out_dir / RESULTS_JSONL} and {out_dir / RESULTS_CSV}; report: {out_dir / REPORT_FILE}")
     if summary.random_weights:
         console.print(
             "[bold red]Routing used CLIP features with RANDOM weights (no pretrained weights were available): "

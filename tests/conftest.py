@@ -12,6 +12,8 @@ from benchmarks.random_checkpoints import TINY_CLIP_CONFIG, write_open_clip  # n
 from coe.config import CoeConfig, load_config
 from coe.core.torchvision_compat import ensure_torchvision_importable
 
+pytest_plugins = ["browser"]  # the `chromium` and `page` fixtures of tests/browser.py
+
 SMALL_BENCHMARK = BuiltinBenchmarkConfig(n_real=60, fakes_per_generator=20)
 
 

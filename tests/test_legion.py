@@ -423,3 +423,9 @@ def test_coe_route_localises_with_legion_and_writes_a_png_per_phrase_and_the_uni
     with (out / RESULTS_CSV).open() as handle:
         artifacts = {row["artifacts"] for row in csv.DictReader(handle)}
     assert artifacts == {"distortion: cat's left ear | structure: the hand | physics: the shadow"}
+    from coe.reports.run_report import DATA_DIR
+
+    chunk = (out / DATA_DIR / "rows-00000.js").read_text()  # the run report's rows: one overlay per phrase
+    for shown in json.loads(chunk[chunk.index(",") + 1 : chunk.rindex(")")]):
+        assert [mask["phrase"] for mask in shown["masks"]] == ["cat's left ear", "the hand", "the shadow"]
+        assert all((out / mask["overlay"]).is_file() for mask in shown["masks"])
