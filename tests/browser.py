@@ -24,6 +24,7 @@ class PageEvents:
     errors: list[str] = field(default_factory=list)  # uncaught exceptions
     dialogs: list[str] = field(default_factory=list)  # alert(), confirm(), prompt()
     failed_requests: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)  # every URL the page asked for
 
     def problems(self) -> list[str]:
         noisy = [line for line in self.console if line.startswith(("error", "warning"))]
@@ -50,6 +51,7 @@ def page(chromium):
     events = PageEvents()
     page.on("console", lambda message: events.console.append(f"{message.type}: {message.text}"))
     page.on("pageerror", lambda error: events.errors.append(f"uncaught: {error}"))
+    page.on("request", lambda request: events.requests.append(request.url))
     page.on("requestfailed", lambda request: events.failed_requests.append(f"request failed: {request.url}"))
 
     def dismiss(dialog):

@@ -98,7 +98,7 @@ def small_run(tmp_path_factory) -> tuple[Path, list[Verdict]]:
 
 def open_report(page, run_dir: Path):
     page.goto((run_dir / REPORT_FILE).as_uri())
-    page.wait_for_selector("#gallery[data-ready]")
+    page.wait_for_selector("#gallery[data-ready]", state="attached")
     return page
 
 
@@ -133,6 +133,8 @@ def test_report_loads_cleanly_and_shows_the_summary_and_every_row(page, small_ru
     assert page.eval_on_selector_all("#gallery img.thumb", "n => n.length") == 7  # 6 images and the duplicate
     errors = page.eval_on_selector_all("#error-list tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))")
     assert [(e[1], e[2]) for e in errors] == [("/data/broken.jpg", "truncated"), (f"/data/{HOSTILE_NAME}", "not_an_image")]
+    # Self-contained: everything the page asked for is a file in the run folder.
+    assert page.events.requests and all(url.startswith(run_dir.as_uri() + "/") for url in page.events.requests)
     screenshot = page.screenshot(path=tmp_path / "report.png", full_page=True)
     assert screenshot[:8] == b"\x89PNG\r\n\x1a\n" and len(screenshot) > 50_000
 
@@ -274,4 +276,13 @@ def test_ten_thousand_images_keep_the_page_small_and_show_one_page_at_a_time(pag
     assert cards(page)[-1]["path"] == "/photos/09999.jpg"
     choose(page, "#filter-error", "corrupt")
     assert page.text_content("#matching") == "showing 1–48 of 104 matching (of 10000)"
+    assert page.events.problems() == []
+
+
+@pytest.mark.browser
+def test_a_run_with_no_paths_has_a_report_too(page, tmp_path):
+    write_run_report(tmp_path, [], summarize([], tmp_path, seconds=0.5, setup_seconds=0.5, done_before=0, embedded=0))
+    open_report(page, tmp_path)
+    assert page.text_content("#matching") == "no row matches (of 0)"
+    assert page.is_visible("#errors-none") and not page.is_visible("#error-list")
     assert page.events.problems() == []

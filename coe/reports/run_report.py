@@ -7,7 +7,6 @@ that are loaded only when a page of the gallery or of the error list shows one o
 from __future__ import annotations
 
 import shutil
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
@@ -59,7 +58,6 @@ def _chunk_name(number: int) -> str:
 
 
 def _overview(verdicts: Sequence[Verdict], summary: RunSummary) -> dict:
-    routers = Counter(v.routing.router_id for v in verdicts if v.routing and v.duplicate_of is None)
     decided = sum(summary.experts.values())
     return {
         "labels": [(label, summary.labels.get(label, 0)) for label in LABELS],
@@ -69,7 +67,7 @@ def _overview(verdicts: Sequence[Verdict], summary: RunSummary) -> dict:
             (name, count, count / decided if decided else 0.0)
             for name, count in sorted(summary.experts.items(), key=lambda item: (-item[1], item[0]))
         ],
-        "routers": sorted(routers),
+        "routers": sorted({v.routing.router_id for v in verdicts if v.routing}),
         "features": sorted({v.features for v in verdicts if v.features}),
         "routing_seconds": summary.seconds - summary.setup_seconds,
         "with_masks": sum(bool(_evidence_with_masks(v)) for v in verdicts if v.duplicate_of is None),
