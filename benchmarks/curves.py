@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
+from benchmarks.plots import finish_axes, new_figure, plain_text, save_png
 from router.base import relative_costs
 
 DEFAULT_CURVE_POINTS = 50
@@ -225,7 +224,7 @@ def calibrate_cost_weight(p_correct_pred: np.ndarray, costs: np.ndarray, budget:
 
 
 def plot_cost_accuracy(
-    curve_frame: pd.DataFrame,
+    curve_frame: pd.DataFrame | None,
     expert_points: dict[str, tuple[float, float]],
     oracle: tuple[float, float],
     path: Path,
@@ -233,30 +232,20 @@ def plot_cost_accuracy(
     extra_points: dict[str, tuple[float, float]] | None = None,
 ) -> Path:
     """Save a PNG of the router's cost-accuracy curve (a `cost_accuracy_curve` frame, its AIQ in
-    the legend), each single expert, the oracle (a star) and any extra (cost, accuracy) points such
-    as a random router or the merged experts. Cost per image on x, accuracy on y."""
-    # A bare Figure on an Agg canvas touches no pyplot state: safe in a server or a worker thread,
-    # and it needs no display.
-    figure = Figure(figsize=(7, 5), dpi=110)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    curve = curve_frame.sort_values(["cost", "lambda"])
-    aiq = area_under_cost_curve(curve["cost"], curve["accuracy"])
-    router_label = f"router (AIQ {aiq:.3f})"
-    axes.plot(curve["cost"], curve["accuracy"], "-o", markersize=3, color="tab:blue", label=router_label)
+    the legend; None when there is no router, as for a benchmark run), each single expert, the
+    oracle (a star) and any extra (cost, accuracy) points such as a random router or the merged
+    experts. Cost per image on x, accuracy on y."""
+    figure, (axes,) = new_figure()
+    if curve_frame is not None:
+        curve = curve_frame.sort_values(["cost", "lambda"])
+        aiq = area_under_cost_curve(curve["cost"], curve["accuracy"])
+        router_label = f"router (AIQ {aiq:.3f})"
+        axes.plot(curve["cost"], curve["accuracy"], "-o", markersize=3, color="tab:blue", label=router_label)
     for name, (cost, accuracy) in expert_points.items():
-        axes.plot(cost, accuracy, "s", markersize=7, label=name)
-        axes.annotate(name, (cost, accuracy), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        axes.plot(cost, accuracy, "s", markersize=7, label=plain_text(name))
+        axes.annotate(plain_text(name), (cost, accuracy), textcoords="offset points", xytext=(5, 5), fontsize=8)
     for name, (cost, accuracy) in (extra_points or {}).items():
-        axes.plot(cost, accuracy, "D", markersize=6, label=name)
+        axes.plot(cost, accuracy, "D", markersize=6, label=plain_text(name))
     axes.plot(*oracle, "*", markersize=14, color="gold", markeredgecolor="black", label="oracle")
-    axes.set_xlabel("mean cost per image")
-    axes.set_ylabel("accuracy")
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, loc="lower right")
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png")
-    return path
+    finish_axes(axes, title, "mean cost per image", "accuracy")
+    return save_png(figure, path)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,21 +28,34 @@ def oracle_p_fake(p_fake: np.ndarray, is_fake: np.ndarray) -> np.ndarray:
     return np.where(np.asarray(is_fake, dtype=bool), p_fake.max(axis=1), p_fake.min(axis=1))
 
 
-def routing_comparison(
+def system_scores(
     p_fake: np.ndarray,
     is_fake: np.ndarray,
     experts: Sequence[str],
     routed_p_fake: np.ndarray,
     seed: int = 0,
-) -> dict[str, dict[str, float]]:
-    """The routed system next to every single expert, a random router, and the oracle.
-
-    p_fake (n, k): every expert's calibrated p_fake; routed_p_fake (n,): the routed system's."""
-    rows = {name: detection_scores(p_fake[:, j], is_fake) for j, name in enumerate(experts)}
+) -> dict[str, np.ndarray]:
+    """Each system's p_fake per image: every single expert, a random router, the routed system and
+    the oracle. p_fake (n, k): every expert's calibrated p_fake; routed_p_fake (n,): the routed
+    system's."""
+    scores = {name: p_fake[:, j] for j, name in enumerate(experts)}
     random_choice = np.random.default_rng(seed).integers(0, len(experts), len(is_fake))
-    rows["random"] = detection_scores(p_fake[np.arange(len(is_fake)), random_choice], is_fake)
-    rows["routed"] = detection_scores(routed_p_fake, is_fake)
-    rows["oracle"] = detection_scores(oracle_p_fake(p_fake, is_fake), is_fake)
+    scores["random"] = p_fake[np.arange(len(is_fake)), random_choice]
+    scores["routed"] = routed_p_fake
+    scores["oracle"] = oracle_p_fake(p_fake, is_fake)
+    return scores
+
+
+def routing_comparison(
+    scores: Mapping[str, np.ndarray], is_fake: np.ndarray, experts: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """Accuracy, AUC and ECE of every system in `scores` (system -> p_fake per image, with the
+    single `experts`, "routed" and "oracle" among them), and the share of the gap between the best
+    single expert and the oracle that the routed system closes."""
+    rows = {
+        name: {**detection_scores(p_fake, is_fake), "ece": expected_calibration_error(p_fake, is_fake)}
+        for name, p_fake in scores.items()
+    }
     best_single = max(rows[name]["accuracy"] for name in experts)
     gap = rows["oracle"]["accuracy"] - best_single
     rows["routed"]["oracle_gap_closed"] = (

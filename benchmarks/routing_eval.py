@@ -1,6 +1,7 @@
 """Judging a router as a sceptical user would: the routed system next to every single expert, a
-random router, all experts merged and the oracle — accuracy, AUC, cost per image, the share of
-the oracle gap closed, per subject and per generator — and its cost–accuracy curve with AIQ."""
+random router, all experts merged and the oracle — accuracy, AUC, calibration (ECE), cost per
+image, the share of the oracle gap closed, per subject and per generator — and its cost–accuracy
+curve with AIQ, ROC curves and reliability diagram."""
 
 from __future__ import annotations
 
@@ -19,15 +20,18 @@ from benchmarks.curves import (
     plot_cost_accuracy,
     single_expert_points,
 )
-from benchmarks.metrics import correctness, detection_scores, routing_comparison
+from benchmarks.metrics import correctness, routing_comparison, system_scores
+from benchmarks.plots import plot_reliability, plot_roc
 
 CURVE_PNG = "cost_accuracy.png"
+ROC_PNG = "roc.png"
+RELIABILITY_PNG = "reliability.png"
 
 
 @dataclass
 class RoutingEvaluation:
-    systems: pd.DataFrame  # one row per system: accuracy, auc, cost (+ oracle_gap_closed for "routed")
-    breakdown: dict[str, pd.DataFrame]  # group column -> accuracy per group (rows) and system (columns)
+    systems: pd.DataFrame  # one row per system: accuracy, auc, ece, cost (+ oracle_gap_closed for "routed")
+    breakdown: dict[str, pd.DataFrame]  # group column -> accuracy per group (rows) and system (columns), n
     curve: pd.DataFrame  # lambda, accuracy, cost, ...
     aiq: float
     abstained: float  # share of images the router abstained on
@@ -35,6 +39,8 @@ class RoutingEvaluation:
     experts: list[str]
     costs: np.ndarray
     right: np.ndarray  # (n, k): expert j right on image i
+    scores: pd.DataFrame  # (n, systems): each system's p_fake per image, a failed expert's confidently wrong
+    is_fake: np.ndarray  # (n,)
 
     def headline(self) -> dict[str, float]:
         routed = self.systems.loc["routed"]
@@ -51,8 +57,18 @@ class RoutingEvaluation:
         experts = [name for name in self.systems.index if name not in SYSTEMS_BESIDE_EXPERTS]
         return str(self.systems.loc[experts, "accuracy"].idxmax())
 
+    def labelled_scores(self) -> dict[str, np.ndarray]:
+        """Each system's p_fake per image under the name a reader understands."""
+        return {SYSTEM_LABELS.get(name, name): self.scores[name].to_numpy() for name in self.scores.columns}
+
 
 SYSTEMS_BESIDE_EXPERTS = ("random", "merged", "routed", "oracle")
+SYSTEM_LABELS = {
+    "random": "random router",
+    "merged": "all experts merged",
+    "routed": "routed",
+    "oracle": "oracle (bound)",
+}
 
 
 def evaluate_routing(
@@ -74,30 +90,27 @@ def evaluate_routing(
     # A failed expert answered nothing: it counts as confidently wrong.
     answered = np.where(failed, np.where(np.asarray(is_fake, bool)[:, None], 0.0, 1.0), p_fake)
     right = correctness(p_fake, is_fake)
-    routed_p = answered[np.arange(n), chosen]
-    rows = routing_comparison(answered, is_fake, experts, routed_p, seed=seed)
-    rows["merged"] = detection_scores(np.nanmean(np.where(failed, np.nan, p_fake), axis=1), is_fake)
+    order = [*experts, *SYSTEMS_BESIDE_EXPERTS]
+    scores = system_scores(answered, is_fake, experts, answered[np.arange(n), chosen], seed=seed)
+    scores["merged"] = np.nanmean(np.where(failed, np.nan, p_fake), axis=1)
+    scores = pd.DataFrame(scores)[order]
+    rows = routing_comparison(scores, is_fake, experts)
     for j, name in enumerate(experts):
         rows[name]["cost"] = float(costs[j])
     rows["random"]["cost"] = float(costs.mean())
     rows["merged"]["cost"] = float(costs.sum())
     rows["routed"]["cost"] = float(costs[chosen].mean())
     rows["oracle"]["cost"] = oracle_point(right, costs)[0]
-    order = [*experts, *SYSTEMS_BESIDE_EXPERTS]
     systems = pd.DataFrame.from_dict(rows, orient="index").loc[order]
 
+    right_by_system = pd.DataFrame(correctness(scores.to_numpy(), is_fake), columns=order)
     breakdown = {}
     for column, values in groups.items():
         values = np.asarray(values, dtype=str)
         table = {}
         for group in sorted(set(values)):
             members = values == group
-            table[group] = {
-                **{name: float(right[members, j].mean()) for j, name in enumerate(experts)},
-                "routed": float(right[members, chosen[members]].mean()),
-                "oracle": float(right[members].any(axis=1).mean()),
-                "n": int(members.sum()),
-            }
+            table[group] = {**right_by_system[members].mean().to_dict(), "n": int(members.sum())}
         breakdown[column] = pd.DataFrame.from_dict(table, orient="index")
 
     curve = cost_accuracy_curve(p_correct_pred, right, costs)
@@ -111,11 +124,14 @@ def evaluate_routing(
         experts=list(experts),
         costs=costs,
         right=right,
+        scores=scores,
+        is_fake=np.asarray(is_fake, dtype=bool),
     )
 
 
-def write_evaluation(evaluation: RoutingEvaluation, out_dir: Path, title: str) -> Path:
-    """Tables as CSV, the headline as JSON and the cost–accuracy curve as a PNG; returns the PNG."""
+def write_evaluation(evaluation: RoutingEvaluation, out_dir: Path, title: str) -> dict[str, Path]:
+    """Tables as CSV, the headline as JSON, and as PNGs the cost–accuracy curve, the ROC curves and
+    the reliability diagram; returns the PNGs by kind ("cost_accuracy", "roc", "reliability")."""
     out_dir.mkdir(parents=True, exist_ok=True)
     evaluation.systems.to_csv(out_dir / "systems.csv", index_label="system")
     for column, table in evaluation.breakdown.items():
@@ -123,15 +139,19 @@ def write_evaluation(evaluation: RoutingEvaluation, out_dir: Path, title: str) -
     evaluation.curve.to_csv(out_dir / "curve.csv", index=False)
     (out_dir / "evaluation.json").write_text(json.dumps(evaluation.headline(), indent=2))
     systems = evaluation.systems
-    png = out_dir / CURVE_PNG
-    plot_cost_accuracy(
-        evaluation.curve,
-        single_expert_points(evaluation.right, evaluation.costs, evaluation.experts),
-        oracle_point(evaluation.right, evaluation.costs),
-        png,
-        title=f"{title} (AIQ {evaluation.aiq:.3f})",
-        extra_points={
-            name: (float(systems.loc[name, "cost"]), float(systems.loc[name, "accuracy"])) for name in ("random", "merged")
-        },
-    )
-    return png
+    scores = evaluation.labelled_scores()
+    return {
+        "cost_accuracy": plot_cost_accuracy(
+            evaluation.curve,
+            single_expert_points(evaluation.right, evaluation.costs, evaluation.experts),
+            oracle_point(evaluation.right, evaluation.costs),
+            out_dir / CURVE_PNG,
+            title=f"{title} (AIQ {evaluation.aiq:.3f})",
+            extra_points={
+                SYSTEM_LABELS[name]: (float(systems.loc[name, "cost"]), float(systems.loc[name, "accuracy"]))
+                for name in ("random", "merged")
+            },
+        ),
+        "roc": plot_roc(scores, evaluation.is_fake, out_dir / ROC_PNG, f"{title}: ROC"),
+        "reliability": plot_reliability(scores, evaluation.is_fake, out_dir / RELIABILITY_PNG, f"{title}: calibration"),
+    }

@@ -68,6 +68,7 @@ class BenchRunSummary(BaseModel):
     parts_done_before: int
     parts_total: int
     overall: list[dict]  # per (benchmark, perturbation, expert): the headline metrics
+    report: Path | None = None  # report.html, which `coe bench run` writes from these files
 
 
 def run_benchmarks(
@@ -217,6 +218,13 @@ def _scores(
     if output.explanation and item.explanation:
         scores["rouge_l"] = rouge_l(output.explanation, item.explanation)
     return scores
+
+
+def read_metrics(path: Path) -> pd.DataFrame:
+    """A metrics table as `run_benchmarks` wrote it: names stay text (a subject called "NA" or
+    "2024" is not a missing value or a number); only empty cells are missing numbers."""
+    names = dict.fromkeys(("benchmark", "perturbation", "expert", "group_by", "group"), str)
+    return pd.read_csv(path, dtype=names, keep_default_na=False, na_values=[""])
 
 
 def expert_metrics(outcomes: pd.DataFrame) -> pd.DataFrame:

@@ -13,12 +13,14 @@ from rich.console import Console
 
 from benchmarks.builtin import MANIFEST_FILE, BuiltinBenchmarkConfig, build_builtin_benchmark
 from benchmarks.explanations import SentenceSimilarity
+from benchmarks.outcomes import read_outcomes
 from benchmarks.perturbations import parse_perturbations
 from benchmarks.readers import BenchmarkSpec, load_benchmark_spec, read_benchmark
-from benchmarks.runner import BenchRunSummary, ExpertUnderTest, LoadedBenchmark, run_benchmarks
+from benchmarks.runner import BenchRunSummary, ExpertUnderTest, LoadedBenchmark, read_metrics, run_benchmarks
 from coe.config import CONFIG_DIR, CoeConfig, ConfigError
 from coe.core.imaging import read_image
 from coe.models import ExpertPool
+from coe.reports.pages import write_bench_report
 from experts.base import create_expert
 
 BENCHMARK_DIR = CONFIG_DIR / "benchmarks"
@@ -91,6 +93,7 @@ def bench_run(
     console: Console | None = None,
     show_progress: bool = True,
 ) -> BenchRunSummary:
+    """`run_benchmarks` over the named benchmarks, then report.html beside its tables."""
     console = console or Console(stderr=True)
 
     def say(message: str) -> None:
@@ -101,7 +104,7 @@ def bench_run(
     if len(set(names)) != len(names):
         raise ConfigError(f"benchmark names must be distinct, got {names}")
     loaded = [LoadedBenchmark(spec=spec, items=read_benchmark(spec)) for spec in specs]
-    return run_benchmarks(
+    summary = run_benchmarks(
         experts_under_test(config, experts, say),
         loaded,
         parse_perturbations(perturbations),
@@ -114,6 +117,8 @@ def bench_run(
         console=console,
         show_progress=show_progress,
     )
+    report = write_bench_report(out_dir, read_outcomes([summary.outcomes]), read_metrics(summary.metrics))
+    return summary.model_copy(update={"report": report})
 
 
 PACKAGED_SENTENCE_MODEL = "packaged"

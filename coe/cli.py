@@ -207,7 +207,7 @@ def bench_run_command(
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Every configured expert over the benchmarks: OUT/outcomes.parquet and OUT/metrics.csv."""
+    """Every configured expert over the benchmarks: OUT/outcomes.parquet, OUT/metrics.csv, OUT/report.html."""
     from coe.bench import bench_run
 
     settings = _setup(config, set_)
@@ -229,7 +229,9 @@ def bench_run_command(
     for row in summary.overall:
         table.add_row(*(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in columns))
     _stdout().print(table)
-    console.print(f"outcomes: {summary.outcomes}\nmetrics (per subject and generator too): {summary.metrics}")
+    console.print(
+        f"outcomes: {summary.outcomes}\nmetrics (per subject and generator too): {summary.metrics}\nreport: {summary.report}"
+    )
 
 
 @bench_app.command("schema")
@@ -272,7 +274,8 @@ def router_train_command(
     set_: SetOption = None,
 ) -> None:
     """Train a query- or subject-level router on outcome tables and judge it on the held-out side."""
-    from coe.routing import render_evaluation, train_router_from_outcomes
+    from coe.results import REPORT_FILE
+    from coe.routing import EVALUATION_DIR, render_evaluation, train_router_from_outcomes
 
     if level not in ("query", "subject"):
         raise _fail(ValueError(f"--level {level!r}: expected query or subject"))
@@ -289,14 +292,14 @@ def router_train_command(
     if evaluation is not None:
         kind = "out-of-distribution held-out side" if split.out_of_distribution else "held-out side"
         render_evaluation(evaluation, _stdout(), f"{meta.level}-level router, {kind}", meta.random_weights)
-        console.print(f"tables and the cost-accuracy curve: {folder / 'evaluation'}")
+        console.print(f"tables and plots: {folder / EVALUATION_DIR}\nreport: {folder / EVALUATION_DIR / REPORT_FILE}")
 
 
 @router_app.command("eval")
 def router_eval_command(
     router: Annotated[Path, typer.Argument(help="router folder (latest version) or a version folder")],
     outcomes: Annotated[list[Path], typer.Option("--outcomes", help="outcome tables to judge on (repeatable)")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="where tables and the PNG go")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="where tables, plots and report.html go")] = None,
     split: Annotated[list[str] | None, typer.Option(help="only these benchmark splits (repeatable)")] = None,
     generator: Annotated[list[str] | None, typer.Option(help="only these generators' fakes, plus reals")] = None,
     benchmark: Annotated[list[str] | None, typer.Option(help="only these benchmarks (repeatable)")] = None,
@@ -304,13 +307,13 @@ def router_eval_command(
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """The routed system next to every expert, random, all merged and the oracle; curve as PNG."""
+    """The routed system next to every expert, random, all merged and the oracle; plots and report.html."""
     from coe.routing import evaluate_router, render_evaluation
 
     settings = _setup(config, set_)
     target = out or Path("runs/router-eval")
     try:
-        evaluation, meta, png = evaluate_router(
+        evaluation, meta, report = evaluate_router(
             settings, router, outcomes, target, splits=split or [], generators=generator or [],
             benchmarks=benchmark or [], console=console, show_progress=progress,
         )
@@ -318,7 +321,7 @@ def router_eval_command(
         raise _fail(error) from None
     render_evaluation(evaluation, _stdout(), f"{meta.level}-level router {meta.router_id} v{meta.version}",
                       meta.random_weights)
-    console.print(f"tables in {target}; cost-accuracy curve: {png}")
+    console.print(f"tables and plots in {target}\nreport: {report}")
 
 
 @router_app.command("calibrate")

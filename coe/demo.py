@@ -70,21 +70,21 @@ def run_demo(
     through_route = detection_scores(routed_p, is_fake)
     uncertain = float(np.mean([by_path[str(item.path)]["label"] == "uncertain" for item in test_items]))
 
-    evaluation, meta, png = evaluate_router(
+    evaluation, meta, evaluation_report = evaluate_router(
         config, router_folder, [home / DEFAULT_OUTCOMES / OUTCOMES_FILE], out_dir / EVALUATION_DIR, splits=["test"],
         console=console, show_progress=show_progress,
     )
     render_evaluation(evaluation, console, "held-out test split of the built-in benchmark", meta.random_weights)
     console.print(
         f"`coe route` on the same images: accuracy {through_route['accuracy']:.3f}, AUC {through_route['auc']:.3f}; "
-        f"'uncertain' verdicts {uncertain:.1%} (accuracy counts p_fake >= 0.5). Cost-accuracy curve: {png}"
+        f"'uncertain' verdicts {uncertain:.1%} (accuracy counts p_fake >= 0.5). Report: {evaluation_report}"
     )
     report = {
         "evaluation": evaluation.headline(),
         "systems": evaluation.systems.to_dict("index"),
         "through_coe_route": through_route,
         "uncertain_share": uncertain,
-        "curve_png": str(png),
+        "evaluation_report": str(evaluation_report),
     }
     (out_dir / "demo.json").write_text(json.dumps(report, indent=2))
     return report

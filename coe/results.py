@@ -17,7 +17,7 @@ from coe.core.records import Verdict
 
 RESULTS_JSONL = "results.jsonl"
 RESULTS_CSV = "results.csv"
-REPORT_FILE = "report.html"  # written by coe.reports.run_report
+REPORT_FILE = "report.html"  # every report page: coe.reports.run_report and coe.reports.pages
 CSV_COLUMNS = [
     "path", "image_id", "label", "p_fake", "decided_by", "reason", "explanation", "artifacts", "mask_file",
     "error_code", "error_message",

@@ -35,6 +35,7 @@ from benchmarks.routing_eval import RoutingEvaluation, evaluate_routing, write_e
 from coe.config import CoeConfig
 from coe.core.imaging import ImageDecodeError, read_image
 from coe.models import ExpertPool, open_feature_cache, routing_features
+from coe.reports.pages import write_router_report
 from router.artifact import RouterMeta, TrainingSource, load_router, read_router_meta, router_home, save_router
 from router.calibration import PlattCalibration
 from router.features import RoutingFeatures, embed_with_cache
@@ -239,8 +240,17 @@ def train_router_from_outcomes(
         meta.metrics = evaluation.headline()
     folder = save_router(out, router, meta)
     if evaluation is not None:
-        write_evaluation(evaluation, folder / EVALUATION_DIR, f"{meta.router_id} v{meta.version}, held out")
+        title = f"{meta.router_id} v{meta.version}, held out"
+        write_evaluation_with_report(evaluation, folder / EVALUATION_DIR, title, meta)
     return folder, meta, evaluation
+
+
+def write_evaluation_with_report(
+    evaluation: RoutingEvaluation, out_dir: Path, title: str, meta: RouterMeta
+) -> Path:
+    """The evaluation's tables and plots in out_dir, and report.html showing them; returns the report."""
+    plots = write_evaluation(evaluation, out_dir, title)
+    return write_router_report(evaluation, out_dir, title, plots, meta)
 
 
 def _filtered(samples: Samples, splits: Sequence[str], generators: Sequence[str], benchmarks: Sequence[str]) -> Samples:
@@ -278,15 +288,16 @@ def evaluate_router(
     console: Console | None = None,
     show_progress: bool = True,
 ) -> tuple[RoutingEvaluation, RouterMeta, Path]:
-    """The router on (a filtered part of) outcome tables; writes tables and the curve PNG."""
+    """The router on (a filtered part of) outcome tables; writes tables, plots and report.html into
+    out_dir and returns the report's path."""
     console = console or Console(stderr=True)
     pool, extractor, router, meta = _load(config, router_path)
     samples = _filtered(
         load_samples(config, pool, extractor, outcome_paths, console, show_progress), splits, generators, benchmarks
     )
     evaluation = evaluate(router, meta, samples)
-    png = write_evaluation(evaluation, out_dir, f"{meta.router_id} v{meta.version}")
-    return evaluation, meta, png
+    report = write_evaluation_with_report(evaluation, out_dir, f"{meta.router_id} v{meta.version}", meta)
+    return evaluation, meta, report
 
 
 def calibrate_router(

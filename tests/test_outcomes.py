@@ -139,6 +139,6 @@ def test_routing_evaluation_on_known_outcomes(tmp_path):
     assert evaluation.best_single in {"a", "b"} and evaluation.headline()["oracle_accuracy"] == 1.0
     assert evaluation.breakdown["subject"].loc["x", "routed"] == 1.0
     assert 0.0 < evaluation.aiq <= 1.0 and evaluation.curve["cost"].min() <= 1.0 + 1e-9
-    png = write_evaluation(evaluation, tmp_path, "toy")
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    plots = write_evaluation(evaluation, tmp_path, "toy")
+    assert all(png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for png in plots.values())
     assert {p.name for p in tmp_path.iterdir()} >= {"systems.csv", "by_subject.csv", "curve.csv", "evaluation.json"}
