@@ -77,7 +77,8 @@ def run_demo(
     render_evaluation(evaluation, console, "held-out test split of the built-in benchmark", meta.random_weights)
     console.print(
         f"`coe route` on the same images: accuracy {through_route['accuracy']:.3f}, AUC {through_route['auc']:.3f}; "
-        f"'uncertain' verdicts {uncertain:.1%} (accuracy counts p_fake >= 0.5). Report: {evaluation_report}"
+        f"'uncertain' verdicts {uncertain:.1%} (accuracy counts p_fake >= 0.5). "
+        f"Router evaluation report: {evaluation_report}"
     )
     report = {
         "evaluation": evaluation.headline(),
