@@ -131,6 +131,7 @@ def test_report_loads_cleanly_and_shows_the_summary_and_every_row(page, small_ru
         image.scroll_into_view_if_needed()
     page.wait_for_function("[...document.querySelectorAll('#gallery img')].every(i => i.complete && i.naturalWidth > 0)")
     assert page.eval_on_selector_all("#gallery img.thumb", "n => n.length") == 7  # 6 images and the duplicate
+    assert page.eval_on_selector("#p-fake-histogram img", "i => i.complete && i.naturalWidth") > 0
     errors = page.eval_on_selector_all("#error-list tbody tr", "rows => rows.map(r => [...r.cells].map(c => c.textContent))")
     assert [(e[1], e[2]) for e in errors] == [("/data/broken.jpg", "truncated"), (f"/data/{HOSTILE_NAME}", "not_an_image")]
     # Self-contained: everything the page asked for is a file in the run folder.
@@ -197,6 +198,7 @@ def test_mask_toggles_per_phrase_per_image_and_for_the_page(page, small_run):
     overlays = astronaut.locator("img.overlay")
     phrases = astronaut.locator(".artifacts li")
     assert phrases.all_inner_texts() == ["structure: the face (legion)", "physics: the flag's shadow (legion)"]
+    assert astronaut.locator("a.path").get_attribute("href") == (run_dir.parent / f"{run_dir.name}-in" / "astronaut.png").as_uri()
     assert overlays.count() == 2 and all(overlays.nth(i).is_visible() for i in range(2))
 
     astronaut.locator("input.toggle-mask").nth(0).uncheck()  # one phrase
@@ -237,6 +239,7 @@ def test_a_route_run_writes_the_report_and_each_thumbnail_once(tmp_path, trained
     written = {path: path.stat().st_mtime_ns for path in thumbnails.values()}
     html = (out / REPORT_FILE).read_text()
     assert "coe route: 4 paths" in html
+    assert all(f"<td>{stage}</td>" in html for stage in ("decoding", "CLIP features", "routing", "experts"))
 
     (tmp_path / "in" / "more.png").write_bytes(photos[1].read_bytes())  # the resumed run gets a duplicate
     route(trained_config, [tmp_path / "in"], out, show_progress=False)

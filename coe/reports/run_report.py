@@ -14,6 +14,7 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image, ImageFilter
 
+from benchmarks.plots import finish_axes, new_figure, save_png
 from coe.core.records import Localization, Verdict
 from coe.core.thumbnails import THUMBNAIL_SIDE, THUMBNAILS_DIR, thumbnail_file
 from coe.reports.html import render_page, script_json, write_text_atomically
@@ -27,6 +28,8 @@ LABELS = ("real", "fake", "uncertain")
 MASK_COLOURS = ((230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),
                 (204, 121, 167), (255, 255, 255))
 OVERLAY_FILL_ALPHA = 110
+HISTOGRAM_FILE = "p_fake.png"
+LABEL_COLOURS = {"real": "#1d7f4e", "uncertain": "#b7791f", "fake": "#c0392b"}  # as in report.css
 
 
 def write_run_report(out_dir: Path, verdicts: Sequence[Verdict], summary: RunSummary) -> Path:
@@ -40,6 +43,7 @@ def write_run_report(out_dir: Path, verdicts: Sequence[Verdict], summary: RunSum
     for number, start in enumerate(range(0, len(rows), CHUNK_ROWS)):
         chunk = script_json(rows[start : start + CHUNK_ROWS])
         (fresh / _chunk_name(number)).write_text(f"coeReport.addRows({number},{chunk});\n", encoding="utf-8")
+    histogram = _p_fake_histogram(verdicts, fresh / HISTOGRAM_FILE)
     shutil.rmtree(data, ignore_errors=True)
     fresh.rename(data)
     page = render_page(
@@ -48,9 +52,28 @@ def write_run_report(out_dir: Path, verdicts: Sequence[Verdict], summary: RunSum
         summary=summary,
         overview=_overview(verdicts, summary),
         data_dir=DATA_DIR,
+        histogram=f"{DATA_DIR}/{HISTOGRAM_FILE}" if histogram else None,
         results=[RESULTS_JSONL, RESULTS_CSV],
     )
     return write_text_atomically(out_dir / REPORT_FILE, page)
+
+
+def _p_fake_histogram(verdicts: Sequence[Verdict], path: Path) -> bool:
+    """A PNG of how the distinct images' p_fake spread, stacked by verdict; False with no verdicts."""
+    judged = [v for v in verdicts if v.p_fake is not None and v.duplicate_of is None]
+    if not judged:
+        return False
+    figure, (axes,) = new_figure()
+    figure.set_size_inches(7, 2.6)
+    labels = [label for label in LABEL_COLOURS if any(v.label == label for v in judged)]
+    axes.hist(
+        [[v.p_fake for v in judged if v.label == label] for label in labels], bins=np.linspace(0, 1, 41),
+        stacked=True, color=[LABEL_COLOURS[label] for label in labels], label=labels,
+    )
+    axes.set_xlim(0, 1)
+    finish_axes(axes, f"p_fake of {len(judged)} distinct images", "p_fake", "images", "upper center")
+    save_png(figure, path)
+    return True
 
 
 def _chunk_name(number: int) -> str:
@@ -71,7 +94,21 @@ def _overview(verdicts: Sequence[Verdict], summary: RunSummary) -> dict:
         "features": sorted({v.features for v in verdicts if v.features}),
         "routing_seconds": summary.seconds - summary.setup_seconds,
         "with_masks": sum(bool(_evidence_with_masks(v)) for v in verdicts if v.duplicate_of is None),
+        "stage_ms": _mean_stage_ms(verdicts),
     }
+
+
+STAGES = {"decode": "decoding", "features": "CLIP features", "routing": "routing", "expert": "experts"}
+
+
+def _mean_stage_ms(verdicts: Sequence[Verdict]) -> list[tuple[str, float, int]]:
+    """(stage, mean milliseconds per image, images measured) for the stages the run timed."""
+    analysed = [v.timings_ms for v in verdicts if v.error is None and v.duplicate_of is None]
+    return [
+        (label, sum(times) / len(times), len(times))
+        for stage, label in STAGES.items()
+        if (times := [timings[stage] for timings in analysed if stage in timings])
+    ]
 
 
 def _index(rows: list[dict]) -> dict:
@@ -109,6 +146,7 @@ def _row(out_dir: Path, verdict: Verdict) -> dict:
     routing = verdict.routing
     return {
         "path": verdict.path,
+        "file": Path(verdict.path).absolute().as_uri(),
         "label": verdict.label,
         "p_fake": verdict.p_fake,
         "decided_by": verdict.decided_by,

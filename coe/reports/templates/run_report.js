@@ -229,7 +229,7 @@
         element("span", { class: "label label-" + label, text: label }),
         element("span", { class: "p", text: "p_fake " + formatP(row.p_fake) }),
       ]),
-      element("div", { class: "path", text: row.path }),
+      element("a", { class: "path", href: row.file, text: row.path, title: "open the image file" }),
       meta.length ? element("div", { class: "meta", text: meta.join(" · ") }) : null,
       row.duplicate_of ? element("div", { class: "meta", text: "same bytes as " + row.duplicate_of }) : null,
       row.error ? element("div", { class: "error-text", text: row.error.code + ": " + row.error.message }) : null,
