@@ -316,7 +316,8 @@ def route(
             results, out_dir, seconds=time.perf_counter() - started, setup_seconds=setup_seconds,
             done_before=done_before, embedded=executor.n_embedded(),
         )
-        write_run_report(out_dir, results, summary)
+        subjects = {item.path: item.meta["subject"] for item in items if item.meta.get("subject")}
+        write_run_report(out_dir, results, summary, subjects)
         return summary
     finally:
         executor.close()

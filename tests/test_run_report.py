@@ -242,10 +242,14 @@ def test_a_route_run_writes_the_report_and_each_thumbnail_once(tmp_path, trained
     assert all(f"<td>{stage}</td>" in html for stage in ("decoding", "CLIP features", "routing", "experts"))
 
     (tmp_path / "in" / "more.png").write_bytes(photos[1].read_bytes())  # the resumed run gets a duplicate
-    route(trained_config, [tmp_path / "in"], out, show_progress=False)
+    manifest = tmp_path / "subjects.csv"  # and a manifest naming the subject of two paths
+    manifest.write_text(f"path,subject\n{photos[0]},people\n{tmp_path / 'in' / 'more.png'},food\n")
+    route(trained_config, [tmp_path / "in"], out, manifests=[manifest], show_progress=False)
     assert {path: path.stat().st_mtime_ns for path in thumbnails.values()} == written
     index = (out / DATA_DIR / "index.js").read_text()
-    assert json.loads(re.fullmatch(r"coeReport\.start\((.*)\);\n", index, re.S).group(1))["n"] == 5
+    index = json.loads(re.fullmatch(r"coeReport\.start\((.*)\);\n", index, re.S).group(1))
+    assert index["n"] == 5 and index["subjects"] == ["food", "people"]
+    assert sorted(index["subject"]) == [-1, -1, -1, 0, 1]
 
 
 @pytest.mark.browser

@@ -7,7 +7,7 @@ that are loaded only when a page of the gallery or of the error list shows one o
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -32,9 +32,13 @@ HISTOGRAM_FILE = "p_fake.png"
 LABEL_COLOURS = {"real": "#1d7f4e", "uncertain": "#b7791f", "fake": "#c0392b"}  # as in report.css
 
 
-def write_run_report(out_dir: Path, verdicts: Sequence[Verdict], summary: RunSummary) -> Path:
-    """report.html and its data beside the results of a run; returns the page's path."""
-    rows = [_row(out_dir, verdict) for verdict in verdicts]
+def write_run_report(
+    out_dir: Path, verdicts: Sequence[Verdict], summary: RunSummary, subjects: Mapping[str, str] | None = None
+) -> Path:
+    """report.html and its data beside the results of a run; returns the page's path. `subjects`
+    (path -> subject, from a manifest's `subject` column) wins over the subject a subject-level
+    router classified: a user's label is not a guess."""
+    rows = [_row(out_dir, verdict, (subjects or {}).get(verdict.path)) for verdict in verdicts]
     data = out_dir / DATA_DIR
     fresh = out_dir / (DATA_DIR + ".partial")
     shutil.rmtree(fresh, ignore_errors=True)
@@ -141,7 +145,7 @@ def _index(rows: list[dict]) -> dict:
     }
 
 
-def _row(out_dir: Path, verdict: Verdict) -> dict:
+def _row(out_dir: Path, verdict: Verdict, subject: str | None) -> dict:
     """What a card and the error list show of one verdict; URLs are relative to the report."""
     routing = verdict.routing
     return {
@@ -150,7 +154,7 @@ def _row(out_dir: Path, verdict: Verdict) -> dict:
         "label": verdict.label,
         "p_fake": verdict.p_fake,
         "decided_by": verdict.decided_by,
-        "subject": routing.subject if routing else None,
+        "subject": subject or (routing.subject if routing else None),
         "reason": verdict.reason,
         "explanation": verdict.explanation,
         "duplicate_of": verdict.duplicate_of,
