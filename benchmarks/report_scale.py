@@ -2,7 +2,7 @@
 for runs of growing size; with Chromium present, also the time until the first page of the gallery
 is shown. Rows are synthetic but shaped like real ones (a routing reason, an explanation, three
 experts' opinions, the router's ranking, one error in 97); thumbnails are not part of it (one JPEG
-per distinct image, about 10 KB at 256 px).
+per distinct image, about 14 KB at 256 px).
 
     python -m benchmarks.report_scale --images 1000 --images 10000
 """
