@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup browser demo test bench-throughput bench-gpu-smoke
+.PHONY: setup browser demo test bench-throughput bench-startup bench-gpu-smoke
 
 setup: $(STAMP)
 
@@ -31,6 +31,9 @@ test: setup browser
 
 bench-throughput: setup
 	$(BIN)/python -m benchmarks.throughput
+
+bench-startup: setup
+	$(BIN)/python -m benchmarks.startup
 
 bench-gpu-smoke: setup
 	$(BIN)/python -m benchmarks.gpu_smoke --size tiny --size full

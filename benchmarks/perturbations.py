@@ -20,7 +20,9 @@ from typing import Literal, get_args
 
 import numpy as np
 from PIL import Image, ImageFilter
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from coe.core.errors import UserError
 
 MIN_SHORT_SIDE = 32
 MAX_RESIZE_SCALE = 4.0
@@ -133,9 +135,20 @@ class Perturbation(BaseModel):
 def parse_perturbations(names: Sequence[str]) -> list[Perturbation]:
     """Perturbations from their short names, in order; the same perturbation twice (also when
     written differently, `jpeg:75` and `jpeg:75.0`) is refused."""
-    perturbations = [Perturbation.parse(name) for name in names]
+    perturbations = []
+    for name in names:
+        try:
+            perturbations.append(Perturbation.parse(name))
+        except ValidationError as error:
+            raise PerturbationError(f"perturbation {name!r}: {error.errors()[0]['msg']}") from None
+        except ValueError as error:
+            raise PerturbationError(str(error)) from None
     canonical = [perturbation.name for perturbation in perturbations]
     duplicates = sorted({name for name in canonical if canonical.count(name) > 1})
     if duplicates:
-        raise ValueError(f"perturbation(s) listed more than once: {', '.join(duplicates)}")
+        raise PerturbationError(f"perturbation(s) listed more than once: {', '.join(duplicates)}")
     return perturbations
+
+
+class PerturbationError(UserError, ValueError):
+    pass

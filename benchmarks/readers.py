@@ -43,6 +43,8 @@ import yaml
 from PIL import Image, ImageDraw, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from coe.core.errors import UserError
+
 Label = Literal["real", "fake"]
 ReaderName = Literal["folder", "manifest", "synthscars", "fakeclue", "builtin"]
 
@@ -66,7 +68,7 @@ FAKECLUE_LABELS: dict[int, Label] = {1: "real", 0: "fake"}
 FAKECLUE_SUBJECTS = {"doc": "document"}
 
 
-class BenchmarkFormatError(ValueError):
+class BenchmarkFormatError(UserError, ValueError):
     """A benchmark (or its definition) that cannot be read. Every problem names its file and entry;
     the message lists the first `MAX_LISTED_PROBLEMS` and counts the rest."""
 

@@ -26,6 +26,8 @@ from benchmarks.plots import plot_reliability, plot_roc
 CURVE_PNG = "cost_accuracy.png"
 ROC_PNG = "roc.png"
 RELIABILITY_PNG = "reliability.png"
+SIDE_COLUMN = "router_side"  # the breakdown that keeps a router's training samples apart from the rest
+HELD_OUT, TRAINED_ON = "held out", "trained on"
 
 
 @dataclass
@@ -41,6 +43,9 @@ class RoutingEvaluation:
     right: np.ndarray  # (n, k): expert j right on image i
     scores: pd.DataFrame  # (n, systems): each system's p_fake per image, a failed expert's confidently wrong
     is_fake: np.ndarray  # (n,)
+    # Samples whose images the router was trained on: left out of these figures, or judged in them.
+    training_samples_left_out: int = 0
+    training_samples_judged: int = 0
 
     def headline(self) -> dict[str, float]:
         routed = self.systems.loc["routed"]
@@ -49,7 +54,8 @@ class RoutingEvaluation:
             "cost": float(routed["cost"]), "oracle_gap_closed": float(routed["oracle_gap_closed"]),
             "best_single": self.best_single, "best_single_accuracy": float(self.systems.loc[self.best_single, "accuracy"]),
             "oracle_accuracy": float(self.systems.loc["oracle", "accuracy"]), "aiq": self.aiq,
-            "abstained": self.abstained,
+            "abstained": self.abstained, "training_samples_left_out": self.training_samples_left_out,
+            "training_samples_judged": self.training_samples_judged,
         }
 
     @property

@@ -19,13 +19,13 @@ import pandas as pd
 from PIL import Image
 from pydantic import BaseModel
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from benchmarks.explanations import SentenceSimilarity, rouge_l
 from benchmarks.metrics import grouped_detector_metrics, mask_scores
 from benchmarks.outcomes import read_outcomes, write_outcomes
 from benchmarks.perturbations import Perturbation
 from benchmarks.readers import BenchmarkItem, BenchmarkSpec
+from coe.core.console import plain_console, progress_bar, show
 from coe.core.imaging import DecodedImage, DecodeLimits, ImageDecodeError, read_image
 from coe.core.masks import MASKS_DIR, save_masks
 from coe.core.records import ErrorCode, ErrorInfo, ExpertOutput
@@ -85,7 +85,7 @@ def run_benchmarks(
     console: Console | None = None,
     show_progress: bool = True,
 ) -> BenchRunSummary:
-    console = console or Console(stderr=True)
+    console = console or plain_console(stderr=True)
     identity = {
         "experts": {e.name: e.identity for e in experts},
         "benchmarks": {b.spec.name: b.digest for b in benchmarks},
@@ -102,11 +102,8 @@ def run_benchmarks(
     ]
     done_before = sum(part.exists() for *_, part in work)
     if done_before:
-        console.print(f"resuming: {done_before} of {len(work)} parts were done by an earlier attempt")
-    progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=console, disable=not show_progress,
-    )
+        show(console, f"resuming: {done_before} of {len(work)} parts were done by an earlier attempt")
+    progress = progress_bar(console, show=show_progress)
     total_images = sum(len(b.items) for b in benchmarks) * len(perturbations)
     with progress, ThreadPoolExecutor(decode_workers) as decoders:
         task = progress.add_task("bench run", total=total_images)

@@ -177,7 +177,7 @@ def timed_route(
     if summary.errors or summary.duplicates or summary.analysed != summary.paths:
         raise SystemExit(f"{name}: not every image was analysed once: {summary.model_dump_json()}")
     measurement = Measurement(
-        name, summary.paths, summary.seconds - summary.setup_seconds, summary.setup_seconds,
+        name, summary.paths, summary.routing_seconds, summary.setup_seconds,
         summary.embedded, summary.experts,
     )
     return measurement, summary

@@ -18,6 +18,7 @@ from benchmarks.perturbations import parse_perturbations
 from benchmarks.readers import BenchmarkSpec, load_benchmark_spec, read_benchmark
 from benchmarks.runner import BenchRunSummary, ExpertUnderTest, LoadedBenchmark, read_metrics, run_benchmarks
 from coe.config import CONFIG_DIR, CoeConfig, ConfigError
+from coe.core.console import plain_console, show
 from coe.core.imaging import read_image
 from coe.models import ExpertPool
 from coe.reports.pages import write_bench_report
@@ -94,10 +95,10 @@ def bench_run(
     show_progress: bool = True,
 ) -> BenchRunSummary:
     """`run_benchmarks` over the named benchmarks, then report.html beside its tables."""
-    console = console or Console(stderr=True)
+    console = console or plain_console(stderr=True)
 
     def say(message: str) -> None:
-        console.print(f"[cyan]{message}")
+        show(console, message, "cyan")
 
     specs = [benchmark_spec(config, name, say) for name in benchmarks]
     names = [spec.name for spec in specs]

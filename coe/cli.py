@@ -10,8 +10,12 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
+from rich.text import Text
 
 from coe.config import CONFIG_DIR, ConfigError, load_config, load_expert_cards
+from coe.core.console import plain_console, show
+from coe.core.errors import UserError
+from coe.core.names import readable
 
 app = typer.Typer(help="coe: route each image to the best forensic expert; real or AI-generated.", no_args_is_help=True)
 experts_app = typer.Typer(help="List and train experts.", no_args_is_help=True)
@@ -21,7 +25,7 @@ app.add_typer(bench_app, name="bench")
 router_app = typer.Typer(help="Train, evaluate and calibrate routers from outcome tables.", no_args_is_help=True)
 app.add_typer(router_app, name="router")
 
-console = Console(stderr=True)
+console = plain_console(stderr=True)
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="YAML file with keys of configs/defaults.yaml")]
 SetOption = Annotated[
@@ -36,33 +40,42 @@ def _setup(config_file: Path | None, overrides: list[str] | None, extra: list[st
     try:
         return load_config(config_file, [*(overrides or []), *extra])
     except ConfigError as error:
-        console.print(f"[red]configuration error:[/red]\n{error}")
+        if _debug:
+            console.print_exception()
+        console.print(Text.assemble(("configuration error:", "red"), "\n", readable(str(error))))
         raise typer.Exit(2) from None
 
 
 def _stdout() -> Console:
     """Tables for stdout; piped output keeps every column instead of wrapping to 80."""
-    terminal = Console()
-    return terminal if terminal.is_terminal else Console(width=200)
+    terminal = plain_console()
+    return terminal if terminal.is_terminal else plain_console(width=200)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    """What a user can fix: reported in one red line with exit code 2, never as a traceback."""
-    from benchmarks.outcomes import OutcomeTableError
-    from benchmarks.readers import BenchmarkFormatError
-    from coe.core.runs import RunMismatchError
-    from coe.pipeline import PipelineError
-    from coe.routing import RouterTrainingError
-    from experts.base import ExpertNotTrainedError
-    from router.artifact import RouterMismatchError
-
-    return (ConfigError, PipelineError, RouterMismatchError, RunMismatchError, ExpertNotTrainedError,
-            BenchmarkFormatError, OutcomeTableError, RouterTrainingError, FileNotFoundError, ValueError)
+    """What a user can fix: reported in one red line with exit code 2. Anything else is a bug in
+    coe and leaves through typer, with its traceback and exit code 1."""
+    return (UserError,)
 
 
 def _fail(error: Exception) -> typer.Exit:
-    console.print(f"[red]error:[/red] {error}")
+    if _debug:
+        console.print_exception()
+    console.print(Text.assemble(("error:", "red"), " ", readable(str(error))))
     return typer.Exit(2)
+
+
+_debug = False
+
+
+@app.callback()
+def main(
+    debug: Annotated[
+        bool, typer.Option("--debug", envvar="COE_DEBUG", help="print the traceback of a user error too")
+    ] = False,
+) -> None:
+    global _debug
+    _debug = debug
 
 
 @app.command("route")
@@ -97,7 +110,8 @@ def route_command(
             console=console, show_progress=progress, ray_address=ray,
         )
     except KeyboardInterrupt:
-        console.print(f"\n[yellow]interrupted: finished images are kept in {out}; run the same command to resume")
+        console.print(f"\ninterrupted: finished images are kept in {readable(str(out))}; run the same command to resume",
+                      style="yellow")
         raise typer.Exit(130) from None
     except _user_errors() as error:
         raise _fail(error) from None
@@ -112,6 +126,13 @@ def serve_cmd(
     ray: Annotated[
         str | None, typer.Option("--ray", metavar="ADDRESS", help="join this Ray cluster (default: start one here)")
     ] = None,
+    host: Annotated[
+        str | None,
+        typer.Option("--host", help="the address to bind (over the serve file's); beyond loopback, a key is required"),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", min=1, max=65535, help="the port to bind (over the serve file's)")
+    ] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
@@ -121,7 +142,7 @@ def serve_cmd(
     from coe.serve import ServeError, load_serve_args, serve_command
 
     try:
-        args = load_serve_args(serve_file)
+        args = load_serve_args(serve_file, host=host, port=port)
     except ConfigError as error:
         raise _fail(error) from None
     settings = _setup(config or args.config, [*args.set, *(set_ or [])])
@@ -143,7 +164,10 @@ def demo_command(
     """Build the built-in benchmark, train experts and router, route its test split, compare."""
     from coe.demo import run_demo
 
-    run_demo(_setup(config, set_), out, console, show_progress=progress)
+    try:
+        run_demo(_setup(config, set_), out, console, show_progress=progress)
+    except UserError as error:
+        raise _fail(error) from None
 
 
 @experts_app.command("list")
@@ -153,11 +177,14 @@ def experts_list(config: ConfigOption = None, set_: SetOption = None) -> None:
     from coe.models import weights_status
 
     settings = _setup(config, set_)
-    table = Table(title=f"expert cards in {settings.experts_dir}")
+    table = Table(title=f"expert cards in {' and '.join(map(str, settings.card_dirs))}")
     for column in ("name", "family", "enabled", "capabilities", "cost ms", "GPU", "memory", "weights"):
         table.add_column(column, overflow="fold")
-    for card_file in sorted(settings.experts_dir.glob("*.yaml")):
-        card = load_expert_card(settings, card_file.stem)
+    for name in settings.card_files():
+        try:
+            card = load_expert_card(settings, name)
+        except UserError as error:
+            raise _fail(error) from None
         role = "routed" if card.name in settings.experts else (
             "localiser" if card.name == settings.localize.expert else "no"
         )
@@ -177,7 +204,7 @@ def experts_train(
     set_: SetOption = None,
 ) -> None:
     """Train one expert on a labelled folder and save it with its metadata."""
-    from coe.training import TrainingDataError, train_expert_on_folder
+    from coe.training import train_expert_on_folder
 
     settings = _setup(config, set_)
     try:
@@ -185,9 +212,9 @@ def experts_train(
         if name not in cards:
             raise ConfigError(f"{name!r} is not a configured expert ({', '.join(cards)})")
         report = train_expert_on_folder(settings, cards[name], data, out, console)
-    except (ConfigError, TrainingDataError, ValueError) as error:
+    except UserError as error:
         raise _fail(error) from None
-    Console().print_json(data=report)
+    plain_console().print_json(data=report)
 
 
 @bench_app.command("run")
@@ -217,7 +244,8 @@ def bench_run_command(
             explanation_model=explanation_model, restart=restart, console=console, show_progress=progress,
         )
     except KeyboardInterrupt:
-        console.print(f"\n[yellow]interrupted: finished parts are kept in {out}; run the same command to resume")
+        console.print(f"\ninterrupted: finished parts are kept in {readable(str(out))}; run the same command to resume",
+                      style="yellow")
         raise typer.Exit(130) from None
     except _user_errors() as error:
         raise _fail(error) from None
@@ -288,11 +316,11 @@ def router_train_command(
         )
     except _user_errors() as error:
         raise _fail(error) from None
-    console.print(f"router {meta.router_id} version {meta.version} saved to {folder} ({meta.n_train} training samples)")
+    show(console, f"router {meta.router_id} version {meta.version} saved to {folder} ({meta.n_train} training samples)")
     if evaluation is not None:
         kind = "out-of-distribution held-out side" if split.out_of_distribution else "held-out side"
         render_evaluation(evaluation, _stdout(), f"{meta.level}-level router, {kind}", meta.random_weights)
-        console.print(f"tables and plots: {folder / EVALUATION_DIR}\nreport: {folder / EVALUATION_DIR / REPORT_FILE}")
+        show(console, f"tables and plots: {folder / EVALUATION_DIR}\nreport: {folder / EVALUATION_DIR / REPORT_FILE}")
 
 
 @router_app.command("eval")
@@ -303,11 +331,15 @@ def router_eval_command(
     split: Annotated[list[str] | None, typer.Option(help="only these benchmark splits (repeatable)")] = None,
     generator: Annotated[list[str] | None, typer.Option(help="only these generators' fakes, plus reals")] = None,
     benchmark: Annotated[list[str] | None, typer.Option(help="only these benchmarks (repeatable)")] = None,
+    include_training: Annotated[
+        bool, typer.Option(help="also judge images the router was trained on, set apart (optimistic)")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """The routed system next to every expert, random, all merged and the oracle; plots and report.html."""
+    """The routed system next to every expert, random, all merged and the oracle, on images the router
+    was not trained on; plots and report.html."""
     from coe.routing import evaluate_router, render_evaluation
 
     settings = _setup(config, set_)
@@ -315,13 +347,13 @@ def router_eval_command(
     try:
         evaluation, meta, report = evaluate_router(
             settings, router, outcomes, target, splits=split or [], generators=generator or [],
-            benchmarks=benchmark or [], console=console, show_progress=progress,
+            benchmarks=benchmark or [], include_training=include_training, console=console, show_progress=progress,
         )
     except _user_errors() as error:
         raise _fail(error) from None
     render_evaluation(evaluation, _stdout(), f"{meta.level}-level router {meta.router_id} v{meta.version}",
                       meta.random_weights)
-    console.print(f"tables and plots in {target}\nreport: {report}")
+    show(console, f"tables and plots in {target}\nreport: {report}")
 
 
 @router_app.command("calibrate")

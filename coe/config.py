@@ -12,16 +12,18 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from coe.core.errors import UserError
 from coe.core.imaging import DecodeLimits
 from coe.core.records import VerdictLabel
+from configs import CONFIG_DIR
 from experts.base import ExpertCard
 from router.features import ClipSpec
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEFAULTS_FILE = CONFIG_DIR / "defaults.yaml"
+SHIPPED_CARDS = CONFIG_DIR / "experts"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     pass
 
 
@@ -79,7 +81,11 @@ class CoeConfig(StrictModel):
         default=Path("~/.cache/coe"), description="trained experts, routers, feature cache (env COE_HOME wins)"
     )
     experts: list[str] = Field(default=["spectrum", "dct", "residual"], min_length=1)
-    experts_dir: Path = Path("experts")
+    experts_dir: Path | None = Field(
+        default=None,
+        description="a folder of your own expert cards (<name>.yaml); a card there wins over the shipped card of "
+        "the same name. Relative to the file that sets it (to the working folder for --set)",
+    )
     ingest: DecodeLimits = DecodeLimits()
     features: FeaturesConfig = FeaturesConfig()
     router: RouterConfig = RouterConfig()
@@ -90,8 +96,8 @@ class CoeConfig(StrictModel):
     @model_validator(mode="after")
     def _resolve_paths(self) -> CoeConfig:
         self.home = Path(os.environ.get("COE_HOME") or self.home).expanduser()
-        if not self.experts_dir.is_absolute():
-            self.experts_dir = CONFIG_DIR / self.experts_dir
+        if self.experts_dir is not None:
+            self.experts_dir = self.experts_dir.expanduser().absolute()
         unknown = sorted(set(self.features.descriptors) - set(self.experts))
         if unknown:
             raise ValueError(f"features.descriptors names experts that are not enabled: {unknown}")
@@ -100,6 +106,19 @@ class CoeConfig(StrictModel):
     def resolve_in_home(self, path: str | Path) -> Path:
         path = Path(path).expanduser()
         return path if path.is_absolute() else self.home / path
+
+    @property
+    def card_dirs(self) -> list[Path]:
+        """Where expert cards are looked up, first match winning."""
+        return [*([self.experts_dir] if self.experts_dir else []), SHIPPED_CARDS]
+
+    def card_files(self) -> dict[str, Path]:
+        """Every card by name, a user's winning over a shipped one."""
+        found: dict[str, Path] = {}
+        for folder in self.card_dirs:
+            for card_file in sorted(folder.glob("*.yaml")):
+                found.setdefault(card_file.stem, card_file)
+        return dict(sorted(found.items()))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -144,10 +163,17 @@ def parse_override(assignment: str) -> dict[str, Any]:
     return value
 
 
+def _relative_to(folder: Path, layer: dict[str, Any]) -> dict[str, Any]:
+    """A path in a configuration file means what it says next to that file, wherever coe runs."""
+    if isinstance(layer.get("experts_dir"), str) and not Path(layer["experts_dir"]).expanduser().is_absolute():
+        layer = {**layer, "experts_dir": str(folder / layer["experts_dir"])}
+    return layer
+
+
 def load_config(config_file: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> CoeConfig:
     layers: list[tuple[str, dict[str, Any]]] = [(str(DEFAULTS_FILE), _read_yaml(DEFAULTS_FILE))]
     if config_file is not None:
-        layers.append((str(config_file), _read_yaml(Path(config_file))))
+        layers.append((str(config_file), _relative_to(Path(config_file).parent, _read_yaml(Path(config_file)))))
     layers += [(f"--set {assignment}", parse_override(assignment)) for assignment in overrides]
     merged: dict[str, Any] = {}
     for source, layer in layers:
@@ -166,10 +192,12 @@ def load_config(config_file: Path | None = None, overrides: list[str] | tuple[st
 
 
 def load_expert_card(config: CoeConfig, name: str) -> ExpertCard:
-    card_file = config.experts_dir / f"{name}.yaml"
-    if not card_file.exists():
-        available = sorted(path.stem for path in config.experts_dir.glob("*.yaml"))
-        raise ConfigError(f"expert {name!r} is configured but {card_file} does not exist; available cards: {available}")
+    card_file = config.card_files().get(name)
+    if card_file is None:
+        raise ConfigError(
+            f"expert {name!r} is configured but no card {name}.yaml is in {' or '.join(map(str, config.card_dirs))}; "
+            f"available cards: {sorted(config.card_files())}"
+        )
     try:
         card = ExpertCard.model_validate(_read_yaml(card_file))
     except ValidationError as error:

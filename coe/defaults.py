@@ -13,6 +13,7 @@ from benchmarks.builtin import BuiltinBenchmarkConfig
 from benchmarks.outcomes import SplitSpec
 from coe.bench import bench_run, ensure_builtin_benchmark, train_untrained_experts
 from coe.config import CoeConfig
+from coe.core.console import plain_console
 from coe.models import ExpertPool
 from coe.routing import train_router_from_outcomes
 from router.artifact import has_readable_artifact, load_router
@@ -34,7 +35,7 @@ def build_default_models(
     show_progress: bool = True,
 ) -> Path:
     """Everything lands in COE home; returns the router's version folder."""
-    console = console or Console(stderr=True)
+    console = console or plain_console(stderr=True)
     ensure_builtin_benchmark(config, say, benchmark)
     train_untrained_experts(config, ExpertPool(config), say, benchmark)
     say("running every expert over the built-in benchmark's router_train and test splits")
@@ -50,14 +51,24 @@ def build_default_models(
     return folder
 
 
+def ensure_default_models(config: CoeConfig, say: Callable[[str], None], pool: ExpertPool | None = None) -> bool:
+    """Build the default experts and router once, when the configuration routes with them and they
+    are missing; returns whether it built them."""
+    pool = pool or ExpertPool(config)
+    folder = config.resolve_in_home(DEFAULT_ROUTER)
+    if config.router.path is not None or not (pool.untrained() or not has_readable_artifact(folder)):
+        return False
+    say(
+        f"first use: no default models in {config.home}; building them once from the built-in benchmark "
+        "(a few minutes; `coe demo` shows how they compare)"
+    )
+    build_default_models(config, say)
+    pool.forget_loaded()
+    return True
+
+
 def load_configured_router(config: CoeConfig, pool: ExpertPool, extractor: RoutingFeatures, say):
     """The router named in the config, or the default one, built on first use."""
+    ensure_default_models(config, say, pool)
     folder = config.router.path or config.resolve_in_home(DEFAULT_ROUTER)
-    if config.router.path is None and (pool.untrained() or not has_readable_artifact(folder)):
-        say(
-            f"first use: no default models in {config.home}; building them once from the built-in benchmark "
-            "(a few minutes; `coe demo` shows how they compare)"
-        )
-        build_default_models(config, say)
-        pool.forget_loaded()
     return load_router(folder, extractor.extractor_id, pool.identities())

@@ -21,6 +21,7 @@ from benchmarks.readers import BenchmarkSpec, read_benchmark
 from benchmarks.runner import OUTCOMES_FILE
 from coe.bench import BUILTIN_FOLDER
 from coe.config import CoeConfig
+from coe.core.console import show
 from coe.defaults import DEFAULT_OUTCOMES, build_default_models
 from coe.pipeline import route
 from coe.results import RESULTS_JSONL, render_summary
@@ -43,7 +44,7 @@ def run_demo(
     config = config.model_copy(update={"home": home})
     config.router.path = None
     router_folder = build_default_models(
-        config, lambda message: console.print(f"[cyan]{message}"), benchmark, console, show_progress
+        config, lambda message: show(console, message, "cyan"), benchmark, console, show_progress
     )
 
     test_items = read_benchmark(
@@ -57,7 +58,7 @@ def run_demo(
             {"path": str(item.path), "label": item.label, "subject": item.subject, "generator": item.generator}
             for item in test_items
         )
-    console.print(f"[cyan]routing the held-out test split ({len(test_items)} images) with `coe route`")
+    console.print(f"routing the held-out test split ({len(test_items)} images) with `coe route`", style="cyan")
     summary = route(
         config, [], out_dir / "route", manifests=[manifest], restart=True, console=console,
         show_progress=show_progress,

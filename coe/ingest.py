@@ -16,13 +16,19 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from coe.core.errors import UserError
+from coe.core.names import is_file_name, readable
 from coe.core.records import ErrorCode, ErrorInfo
 
 CSV_SUFFIXES = (".csv",)
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 # A manifest row as (line number, columns), or (line number, what is wrong with it).
-ManifestRow = tuple[int, dict[str, str] | str]
+ManifestRow = tuple[int, dict[str, object] | str]
+
+
+class ManifestError(UserError, ValueError):
+    """A manifest that cannot be read at all (a bad row costs only its own row)."""
 
 
 class IngestItem(BaseModel):
@@ -42,7 +48,7 @@ def discover(inputs: Sequence[str | Path], manifests: Sequence[str | Path] = ())
     A path listed again (twice on the command line, a file inside a folder also given, or
     a manifest row naming a file already found) keeps its first position; manifest columns
     are added to its `meta` without overriding keys it already has.
-    Raises ValueError for a manifest that cannot be read at all.
+    Raises ManifestError for a manifest that cannot be read at all.
     """
     items: dict[str, IngestItem] = {}
     for item in _items_from_inputs(inputs, manifests):
@@ -111,14 +117,16 @@ def read_manifest(manifest: str | Path) -> list[IngestItem]:
     name = os.fspath(manifest)
     suffix = Path(name).suffix.lower()
     if suffix not in CSV_SUFFIXES + JSONL_SUFFIXES:
-        raise ValueError(f"manifest {name}: unknown type {suffix!r}, expected .csv, .jsonl or .ndjson")
+        raise ManifestError(f"manifest {readable(name)}: unknown type {suffix!r}, expected .csv, .jsonl or .ndjson")
     try:
-        # utf-8-sig: spreadsheet programs often start a CSV with a byte-order mark. newline="":
-        # the csv module handles line endings itself, including inside quoted cells.
-        with open(name, encoding="utf-8-sig", newline="") as file:
+        # utf-8-sig: spreadsheet programs often start a CSV with a byte-order mark. surrogateescape:
+        # bytes that are not UTF-8 are kept as they are, since a path cell may be a file name that
+        # is not UTF-8 (and a cell in another encoding then costs its row, not the manifest).
+        # newline="": the csv module handles line endings itself, including inside quoted cells.
+        with open(name, encoding="utf-8-sig", errors="surrogateescape", newline="") as file:
             text = file.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read manifest {name}: {exc}") from None
+    except OSError as exc:
+        raise ManifestError(f"cannot read manifest {readable(name)}: {exc.strerror or exc}") from None
     rows = _csv_rows(text, name) if suffix in CSV_SUFFIXES else _jsonl_rows(text, name)
     folder = os.path.dirname(name)
     return [_manifest_item(row, name, line_number, folder) for line_number, row in rows]
@@ -128,7 +136,7 @@ def _csv_rows(text: str, manifest: str) -> list[ManifestRow]:
     reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
         if reader.fieldnames is None or "path" not in reader.fieldnames:
-            raise ValueError(f"manifest {manifest}: the CSV header has no 'path' column")
+            raise ManifestError(f"manifest {readable(manifest)}: the CSV header has no 'path' column")
         rows: list[ManifestRow] = []
         for row in reader:
             if None in row:
@@ -140,7 +148,7 @@ def _csv_rows(text: str, manifest: str) -> list[ManifestRow]:
                 )
         return rows
     except csv.Error as exc:
-        raise ValueError(f"manifest {manifest}, line {reader.line_num}: unreadable CSV: {exc}") from None
+        raise ManifestError(f"manifest {readable(manifest)}, line {reader.line_num}: unreadable CSV: {exc}") from None
 
 
 def _jsonl_rows(text: str, manifest: str) -> list[ManifestRow]:
@@ -157,7 +165,7 @@ def _jsonl_rows(text: str, manifest: str) -> list[ManifestRow]:
         if not isinstance(row, dict):
             rows.append((line_number, "the line is not a JSON object"))
             continue
-        rows.append((line_number, {key: _as_text(value) for key, value in row.items() if value is not None}))
+        rows.append((line_number, {key: value for key, value in row.items() if value is not None}))
     return rows
 
 
@@ -166,15 +174,27 @@ def _as_text(value: object) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def _manifest_item(row: dict[str, str] | str, manifest: str, line_number: int, folder: str) -> IngestItem:
-    if isinstance(row, dict) and row.get("path", "").strip():
-        meta = {key: value for key, value in row.items() if key != "path"}
-        return IngestItem(path=os.path.join(folder, row["path"].strip()), meta=meta)
-    problem = row if isinstance(row, str) else "the row has no path"
+def _manifest_item(row: dict[str, object] | str, manifest: str, line_number: int, folder: str) -> IngestItem:
+    problem = row if isinstance(row, str) else _path_problem(row.get("path"))
+    if problem is None:
+        meta = {key: _as_text(value) for key, value in row.items() if key != "path"}
+        # Taken as written: " spaced .jpg" is a file name as good as any.
+        return IngestItem(path=os.path.join(folder, row["path"]), meta=meta)
     return IngestItem(
         # Names the row, since there is no image path to show.
         path=f"{manifest}:{line_number}",
         error=ErrorInfo(
-            code=ErrorCode.BAD_MANIFEST_ROW, message=f"manifest {manifest}, line {line_number}: {problem}"
+            code=ErrorCode.BAD_MANIFEST_ROW, message=readable(f"manifest {manifest}, line {line_number}: {problem}")
         ),
     )
+
+
+def _path_problem(path: object) -> str | None:
+    if path is None or path == "":
+        return "the row has no path"
+    if not isinstance(path, str):
+        return f"the path must be text, got {json.dumps(path)}"
+    if not is_file_name(path):
+        shown = readable(path).replace("\0", "\\x00")
+        return f'the path "{shown}" is not a file name (a NUL, or a lone surrogate that stands for no byte)'
+    return None

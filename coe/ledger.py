@@ -4,18 +4,22 @@ with exactly one result per path."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from coe.core.records import Verdict
 from coe.core.masks import MASKS_DIR
+from coe.core.records import Verdict
 from coe.core.runs import check_run_identity as check_identity
 
 LEDGER_FILE = "ledger.jsonl"
 RUN_FILE = "run.json"
+# What was asked for (configuration and command), beside what it was done with (RUN_FILE): a
+# finished run asked again the same is answered from the ledger without loading a model.
+REQUEST_FILE = "request.json"
 
 
 class Ledger:
@@ -68,4 +72,24 @@ class Ledger:
 
 
 def check_run_identity(out_dir: Path, identity: dict, restart: bool) -> None:
-    check_identity(out_dir, RUN_FILE, identity, restart, discard=[LEDGER_FILE, MASKS_DIR])
+    check_identity(out_dir, RUN_FILE, identity, restart, discard=[LEDGER_FILE, MASKS_DIR, REQUEST_FILE])
+
+
+def record_request(out_dir: Path, request: dict) -> None:
+    (out_dir / REQUEST_FILE).write_text(json.dumps(request, indent=2, sort_keys=True))
+
+
+def finished_earlier(out_dir: Path, request: dict, paths: Iterable[str]) -> bool:
+    """Whether an earlier attempt in out_dir, asked the same, judged every one of these paths."""
+    try:
+        if json.loads((out_dir / REQUEST_FILE).read_text()) != request:
+            return False
+    except (OSError, ValueError):
+        return False
+    if not (out_dir / LEDGER_FILE).is_file():
+        return False
+    ledger = Ledger(out_dir)
+    try:
+        return all(path in ledger for path in paths)
+    finally:
+        ledger.close()

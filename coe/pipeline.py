@@ -14,17 +14,17 @@ from typing import Protocol
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from coe.config import CoeConfig, load_expert_card
+from coe.core.console import plain_console, progress_bar, show
+from coe.core.errors import UserError
 from coe.core.imaging import DecodedImage, ImageDecodeError, read_image
 from coe.core.masks import save_masks
 from coe.core.records import ErrorCode, ErrorInfo, ExpertOutput, Localization, RoutingDecision, Verdict
 from coe.core.thumbnails import write_thumbnail
 from coe.ingest import IngestItem, discover
-from coe.ledger import Ledger, check_run_identity
+from coe.ledger import RUN_FILE, Ledger, check_run_identity, finished_earlier, record_request
 from coe.merger import Merger
-from coe.defaults import load_configured_router
 from coe.models import ExpertPool, open_feature_cache, routing_features
 from coe.reports.run_report import write_run_report
 from coe.results import RunSummary, summarize, write_results
@@ -32,7 +32,7 @@ from experts.base import Localizer, localize_each, predict_each
 from router.features import FeatureCache, RoutingFeatures, embed_with_cache
 
 
-class PipelineError(RuntimeError):
+class PipelineError(UserError, RuntimeError):
     """A problem with the whole run (configuration, models), as opposed to one bad image."""
 
 
@@ -45,6 +45,8 @@ class LearnedRouting:
     ):
         self.settings = config.router
         self.extractor = features or routing_features(config, pool.cards)
+        from coe.defaults import load_configured_router  # the benchmark machinery, only for a learned router
+
         self.router, self.meta = load_configured_router(config, pool, self.extractor, say)
         self.cache: FeatureCache = open_feature_cache(config)
         self.n_embedded = 0
@@ -296,31 +298,62 @@ def route(
 ) -> RunSummary:
     """`ray_address` (an address, `auto` for a running cluster, `local` to start one here) runs the
     chunks on Ray workers, each with its own pipeline; the ledger, resume and results stay here."""
-    console = console or Console(stderr=True)
+    console = console or plain_console(stderr=True)
     started = time.perf_counter()
     items = discover(inputs, manifests)
-    say = lambda message: console.print(f"[yellow]{message}")  # noqa: E731
+    if not items:
+        # Nothing is written: an empty drop folder must not replace the results of an earlier run.
+        return summarize([], out_dir, seconds=time.perf_counter() - started, setup_seconds=0.0, done_before=0,
+                         embedded=0)
+    request = {"expert": expert, "configuration": config.model_dump(mode="json", exclude={"run"})}
+    if not restart and finished_earlier(out_dir, request, [item.path for item in items]):
+        show(console, (
+            f"every one of the {len(items)} paths was judged by an earlier attempt in {out_dir} (its models are "
+            f"recorded in {out_dir / RUN_FILE}); nothing to redo, so no model is loaded (--restart judges them again)"
+        ))
+        return _finish(out_dir, items, None, console, show_progress, config, started, 0.0, 0.0)
+    warn = lambda message: show(console, message, "yellow")  # noqa: E731
+    first_use_seconds = 0.0
+    if expert is None:
+        from coe.defaults import ensure_default_models  # the benchmark machinery, only when routing
+
+        ensure_default_models(config, warn)
+        first_use_seconds = time.perf_counter() - started
     if ray_address is not None:
         from coe.ray_route import RayChunks
 
-        executor = RayChunks(config, expert, out_dir, ray_address, say)
+        executor = RayChunks(config, expert, out_dir, ray_address, warn)
     else:
-        executor = LocalChunks(RoutePipeline(config, expert, say=say, run_dir=out_dir), config)
-    setup_seconds = time.perf_counter() - started
+        executor = LocalChunks(RoutePipeline(config, expert, say=warn, run_dir=out_dir), config)
+    setup_seconds = time.perf_counter() - started - first_use_seconds
     try:
         check_run_identity(out_dir, executor.identity, restart)
-        with closing(Ledger(out_dir)) as ledger:
-            results, done_before = _route_items(items, executor, ledger, config, console, show_progress)
-        write_results(out_dir, results)
-        summary = summarize(
-            results, out_dir, seconds=time.perf_counter() - started, setup_seconds=setup_seconds,
-            done_before=done_before, embedded=executor.n_embedded(),
-        )
-        subjects = {item.path: item.meta["subject"] for item in items if item.meta.get("subject")}
-        write_run_report(out_dir, results, summary, subjects)
-        return summary
+        record_request(out_dir, request)
+        return _finish(out_dir, items, executor, console, show_progress, config, started, setup_seconds,
+                       first_use_seconds)
     finally:
         executor.close()
+
+
+def _finish(
+    out_dir: Path, items: Sequence[IngestItem], executor: ChunkExecutor | None, console: Console, show_progress: bool,
+    config: CoeConfig, started: float, setup_seconds: float, first_use_seconds: float,
+) -> RunSummary:
+    """Judge what the ledger lacks (nothing without an executor), then write the results and the report."""
+    with closing(Ledger(out_dir)) as ledger:
+        if executor is None:
+            results, done_before = [ledger.verdicts[item.path] for item in items], len(items)
+        else:
+            results, done_before = _route_items(items, executor, ledger, config, console, show_progress)
+    write_results(out_dir, results)
+    summary = summarize(
+        results, out_dir, seconds=time.perf_counter() - started, setup_seconds=setup_seconds,
+        done_before=done_before, embedded=executor.n_embedded() if executor else 0,
+        first_use_seconds=first_use_seconds,
+    )
+    subjects = {item.path: item.meta["subject"] for item in items if item.meta.get("subject")}
+    write_run_report(out_dir, results, summary, subjects)
+    return summary
 
 
 class LocalChunks:
@@ -362,11 +395,8 @@ def _route_items(
     done_before = sum(item.path in ledger for item in items)
     todo = [item for item in items if item.path not in ledger]
     if done_before:
-        console.print(f"resuming: {done_before} of {len(items)} paths were done by an earlier attempt")
-    progress = Progress(
-        TextColumn("[bold]routing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=console, disable=not show_progress,
-    )
+        show(console, f"resuming: {done_before} of {len(items)} paths were done by an earlier attempt")
+    progress = progress_bar(console, "routing", show_progress)
     chunks = [todo[start : start + config.run.chunk_size] for start in range(0, len(todo), config.run.chunk_size)]
     with progress:
         task = progress.add_task("route", total=len(items), completed=done_before)

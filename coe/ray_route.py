@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from coe.config import CoeConfig, load_expert_card
@@ -40,18 +43,59 @@ class RouteWorker:
         return self.pipeline.routing.n_embedded
 
 
-def start_ray(address: str) -> None:
-    """`local` starts a one-machine cluster bound to 127.0.0.1; anything else joins a running one."""
+@contextmanager
+def ray_session(address: str, num_cpus: int | None = None) -> Iterator[None]:
+    """Ray for the duration of the block. `local` starts a one-machine cluster whose every port
+    listens on loopback only, its session files in a temporary folder that is removed once the
+    cluster has shut down; any other address joins a running cluster, exposed as its owner started
+    it. Ray that this process had already initialised is used as it is and left running."""
     import ray
 
     # Never join a cluster by accident (RAY_ADDRESS, a stale session): only the one asked for.
     os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")
     if ray.is_initialized():
+        yield
         return
-    if address == "local":
-        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
-    else:
+    if address != "local":
         ray.init(address=address, log_to_driver=False)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+        return
+    temp_dir = tempfile.mkdtemp(prefix="coe-ray-")
+    try:
+        _init_loopback_cluster(temp_dir, num_cpus)
+        try:
+            yield
+        finally:
+            ray.shutdown(wait_for_processes=True)
+    finally:
+        shutil.rmtree(temp_dir)
+
+
+def _init_loopback_cluster(temp_dir: str, num_cpus: int | None) -> None:
+    import ray
+    from ray._private import ray_constants
+
+    # On Linux ray.init swaps a loopback node address for the machine's routable one
+    # (services.resolve_ip_for_localhost), and a node whose address is not loopback has its GCS,
+    # raylet, workers and agents listen on every interface. Ray keeps the node on loopback where
+    # multi-node clusters are off: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which Ray reads once, when
+    # it is imported, into this flag. The node's processes take the address from the driver.
+    multi_node = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            _node_ip_address="127.0.0.1",
+            _temp_dir=temp_dir,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = multi_node
 
 
 def gpus_per_worker(config: CoeConfig, cluster_gpus: float, say: Callable[[str], None]) -> float:
@@ -71,7 +115,8 @@ class RayChunks:
     def __init__(self, config: CoeConfig, expert: str | None, run_dir: Path, address: str, say: Callable[[str], None]):
         import ray
 
-        start_ray(address)
+        self.session = ExitStack()  # closed by close(), once the workers are gone
+        self.session.enter_context(ray_session(address))
         options = {
             "num_cpus": config.run.ray_worker_cpus,
             "num_gpus": gpus_per_worker(config, ray.cluster_resources().get("GPU", 0), say),
@@ -98,3 +143,4 @@ class RayChunks:
 
         for worker in self.workers:
             ray.kill(worker)
+        self.session.close()

@@ -9,25 +9,31 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from coe.core.console import show
+from coe.core.names import exact_bytes, readable
 from coe.core.records import Verdict
 
 RESULTS_JSONL = "results.jsonl"
 RESULTS_CSV = "results.csv"
 REPORT_FILE = "report.html"  # every report page: coe.reports.run_report and coe.reports.pages
 CSV_COLUMNS = [
-    "path", "image_id", "label", "p_fake", "decided_by", "reason", "explanation", "artifacts", "mask_file",
+    "path", "path_bytes", "image_id", "label", "p_fake", "decided_by", "reason", "explanation", "artifacts", "mask_file",
     "error_code", "error_message",
     "width", "height", "format", "duplicate_of", "router", "features", "random_weights",
 ]
 
 
 def _csv_row(verdict: Verdict) -> dict[str, object]:
-    return {
+    """Cells as valid UTF-8 text (coe.core.names); `path_bytes` holds the exact bytes of a path that
+    is not valid UTF-8, base64, as in results.jsonl."""
+    cells = {
         "path": verdict.path,
+        "path_bytes": exact_bytes(verdict.path),
         "image_id": verdict.image_id,
         "label": verdict.label,
         "p_fake": None if verdict.p_fake is None else round(verdict.p_fake, 6),
@@ -50,6 +56,7 @@ def _csv_row(verdict: Verdict) -> dict[str, object]:
         "features": verdict.features,
         "random_weights": verdict.random_weights,
     }
+    return {column: readable(cell) if isinstance(cell, str) else cell for column, cell in cells.items()}
 
 
 def _replace(path: Path, text: str) -> None:
@@ -79,15 +86,18 @@ class RunSummary(BaseModel):
     errors: dict[str, int]
     experts: dict[str, int]
     seconds: float
-    setup_seconds: float
+    setup_seconds: float = Field(description="loading the models")
+    first_use_seconds: float = Field(default=0.0, description="building the default models, on first use")
+    routing_seconds: float
     paths_per_second: float
     random_weights: bool
 
 
 def summarize(
-    verdicts: Sequence[Verdict], out_dir: Path, seconds: float, setup_seconds: float, done_before: int, embedded: int
+    verdicts: Sequence[Verdict], out_dir: Path, seconds: float, setup_seconds: float, done_before: int, embedded: int,
+    first_use_seconds: float = 0.0,
 ) -> RunSummary:
-    routing_seconds = seconds - setup_seconds
+    routing_seconds = seconds - setup_seconds - first_use_seconds
     ok = [v for v in verdicts if v.error is None]
     return RunSummary(
         out_dir=str(out_dir),
@@ -101,32 +111,39 @@ def summarize(
         experts=dict(Counter(v.decided_by for v in ok if v.duplicate_of is None)),
         seconds=seconds,
         setup_seconds=setup_seconds,
+        first_use_seconds=first_use_seconds,
+        routing_seconds=routing_seconds,
         paths_per_second=(len(verdicts) - done_before) / routing_seconds if routing_seconds > 0 else 0.0,
         random_weights=any(v.random_weights for v in verdicts),
     )
 
 
 def render_summary(summary: RunSummary, console: Console) -> None:
-    table = Table(title=f"coe route: {summary.paths} paths -> {summary.out_dir}")
+    if not summary.paths:
+        show(console, f"no files under the given paths: nothing to judge, nothing written to {summary.out_dir}")
+        return
+    table = Table(title=Text(readable(f"coe route: {summary.paths} paths -> {summary.out_dir}")))
     table.add_column("what")
     table.add_column("count", justify="right")
     for label in ("real", "fake", "uncertain"):
         table.add_row(f"verdict {label}", str(summary.labels.get(label, 0)))
     for code, count in sorted(summary.errors.items()):
-        table.add_row(f"[red]error {code}", str(count))
+        table.add_row(Text(f"error {code}", style="red"), str(count))
     for expert, count in sorted(summary.experts.items()):
         table.add_row(f"decided by {expert}", str(count))
     table.add_row("distinct images analysed", str(summary.analysed))
     table.add_row("duplicates (same bytes)", str(summary.duplicates))
     table.add_row("done by an earlier attempt", str(summary.done_before))
     table.add_row("newly embedded (CLIP)", str(summary.embedded))
+    if summary.first_use_seconds:
+        table.add_row("first use: building the default models", f"{summary.first_use_seconds:.1f} s")
     table.add_row("loading models", f"{summary.setup_seconds:.1f} s")
-    table.add_row("routing", f"{summary.seconds - summary.setup_seconds:.1f} s ({summary.paths_per_second:.1f} paths/s)")
+    table.add_row("routing", f"{summary.routing_seconds:.1f} s ({summary.paths_per_second:.1f} paths/s)")
     console.print(table)
     out_dir = Path(summary.out_dir)
-    console.print(f"results: {out_dir / RESULTS_JSONL} and {out_dir / RESULTS_CSV}; report: {out_dir / REPORT_FILE}")
+    show(console, f"results: {out_dir / RESULTS_JSONL} and {out_dir / RESULTS_CSV}; report: {out_dir / REPORT_FILE}")
     if summary.random_weights:
         console.print(
-            "[bold red]Routing used CLIP features with RANDOM weights (no pretrained weights were available): "
-            "fine for tests and the offline demo, not for real decisions. Set features.weights."
+            "Routing used CLIP features with RANDOM weights (no pretrained weights were available): "
+            "fine for tests and the offline demo, not for real decisions. Set features.weights.", style="bold red",
         )

@@ -4,21 +4,25 @@ every baseline, and tuned to a cost budget.
 Training: outcome tables -> one sample per (benchmark, image, perturbation) with every
 configured expert's raw P(fake) -> routing features of the (perturbed) image, cached ->
 per-expert Platt calibration on the training side -> correctness of each calibrated expert ->
-a query-level or subject-level router -> evaluation on the held-out side -> a new artifact version."""
+a query-level or subject-level router -> evaluation on the held-out side -> a new artifact version
+that lists its training samples.
+
+Evaluation (`coe router eval`) leaves out every image the router was trained on, as the artifact
+lists them: a router judged on its own training images looks better than it is."""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pandas as pd
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
+from rich.text import Text
 
 from benchmarks.curves import calibrate_cost_weight
 from benchmarks.metrics import correctness
@@ -31,12 +35,32 @@ from benchmarks.outcomes import (
     split_samples,
 )
 from benchmarks.perturbations import Perturbation
-from benchmarks.routing_eval import RoutingEvaluation, evaluate_routing, write_evaluation
+from benchmarks.routing_eval import (
+    HELD_OUT,
+    SIDE_COLUMN,
+    TRAINED_ON,
+    RoutingEvaluation,
+    evaluate_routing,
+    write_evaluation,
+)
 from coe.config import CoeConfig
+from coe.core.console import plain_console, progress_bar, show
+from coe.core.errors import UserError
 from coe.core.imaging import ImageDecodeError, read_image
+from coe.core.names import readable
 from coe.models import ExpertPool, open_feature_cache, routing_features
 from coe.reports.pages import write_router_report
-from router.artifact import RouterMeta, TrainingSource, load_router, read_router_meta, router_home, save_router
+from router.artifact import (
+    RouterMeta,
+    TrainingSamples,
+    TrainingSource,
+    load_router,
+    read_router_meta,
+    read_training_samples,
+    resolve_artifact,
+    router_home,
+    save_router,
+)
 from router.calibration import PlattCalibration
 from router.features import RoutingFeatures, embed_with_cache
 from router.query import QueryRouter
@@ -46,7 +70,7 @@ EVALUATION_DIR = "evaluation"
 EMBED_CHUNK = 64
 
 
-class RouterTrainingError(ValueError):
+class RouterTrainingError(UserError, ValueError):
     pass
 
 
@@ -99,8 +123,7 @@ def sample_features(
         known = cache.get(extractor.extractor_id, keys)
         missing = [i for i, key in enumerate(keys) if key not in known]
         unreadable: dict[int, str] = {}
-        progress = Progress(TextColumn("[bold]router features"), BarColumn(), MofNCompleteColumn(), console=console,
-                            disable=not show_progress, transient=True)
+        progress = progress_bar(console, "router features", show_progress)
         with progress:
             task = progress.add_task("features", total=len(missing))
             for start in range(0, len(missing), EMBED_CHUNK):
@@ -122,7 +145,7 @@ def sample_features(
         cache.close()
     if unreadable:
         examples = "; ".join(list(unreadable.values())[:3])
-        console.print(f"[yellow]{len(unreadable)} sample(s) left out: their images cannot be read any more ({examples})")
+        show(console, f"{len(unreadable)} sample(s) left out: their images cannot be read any more ({examples})", "yellow")
     usable = np.array([key in known for key in keys], dtype=bool)
     dim = len(next(iter(known.values()))) if known else 0
     features = np.stack([known.get(key, np.zeros(dim, np.float32)) for key in keys]) if keys else np.zeros((0, dim))
@@ -162,21 +185,30 @@ def _groups(samples) -> dict[str, list[str]]:
     return groups
 
 
-def evaluate(router, meta: RouterMeta, samples: Samples) -> RoutingEvaluation:
+def evaluate(
+    router, meta: RouterMeta, samples: Samples, trained: np.ndarray | None = None, left_out: int = 0
+) -> RoutingEvaluation:
+    """`trained` marks samples the router was trained on, judged apart in the breakdown;
+    `left_out` counts those not judged at all."""
     p_fake = calibrated(samples.matrix, meta.calibration)
     p_correct = router.predict_correct(samples.features)
     chosen = router.utilities(p_correct).argmax(axis=1)
     best = p_correct[np.arange(len(chosen)), chosen]
-    return evaluate_routing(
+    groups = _groups(samples.matrix.samples)
+    judged_trained = int(trained.sum()) if trained is not None else 0
+    if judged_trained:
+        groups = {SIDE_COLUMN: np.where(trained, TRAINED_ON, HELD_OUT).tolist(), **groups}
+    evaluation = evaluate_routing(
         p_fake,
         samples.matrix.is_fake,
         samples.matrix.experts,
         [meta.expert_costs[name] for name in samples.matrix.experts],
         p_correct,
         chosen,
-        _groups(samples.matrix.samples),
+        groups,
         abstained=best < router.abstain_below if router.abstain_below is not None else None,
     )
+    return replace(evaluation, training_samples_left_out=left_out, training_samples_judged=judged_trained)
 
 
 def train_router_from_outcomes(
@@ -191,7 +223,7 @@ def train_router_from_outcomes(
     show_progress: bool = True,
 ) -> tuple[Path, RouterMeta, RoutingEvaluation | None]:
     """Train, evaluate on the held-out side, and save as the next version in `out`."""
-    console = console or Console(stderr=True)
+    console = console or plain_console(stderr=True)
     pool = ExpertPool(config)
     names = list(pool.cards)
     extractor = routing_features(config, pool.cards)
@@ -216,8 +248,8 @@ def train_router_from_outcomes(
     else:
         subjects = train.matrix.samples[subject_column].astype(str).to_numpy()
         router = SubjectRouter(**settings, min_support=min_support).fit(train.features, subjects, right, names, costs)
-    keys = sorted(train.matrix.samples["image_id"] + "|" + train.matrix.samples["perturbation"])
-    digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()
+    training = TrainingSamples.of(train.matrix.samples["image_id"], train.matrix.samples["perturbation"])
+    digest = training.digest
     meta = RouterMeta(
         router_id=f"{level}-{config.router.model}-{digest[:8]}",
         level=level,
@@ -238,7 +270,7 @@ def train_router_from_outcomes(
     if test_rows.any():
         evaluation = evaluate(router, meta, samples.take(np.flatnonzero(test_rows)))
         meta.metrics = evaluation.headline()
-    folder = save_router(out, router, meta)
+    folder = save_router(out, router, meta, training)
     if evaluation is not None:
         title = f"{meta.router_id} v{meta.version}, held out"
         write_evaluation_with_report(evaluation, folder / EVALUATION_DIR, title, meta)
@@ -273,8 +305,23 @@ def _filtered(samples: Samples, splits: Sequence[str], generators: Sequence[str]
 def _load(config: CoeConfig, router_path: Path):
     pool = ExpertPool(config)
     extractor = routing_features(config, pool.cards)
-    router, meta = load_router(router_path, extractor.extractor_id, pool.identities())
-    return pool, extractor, router, meta
+    folder = resolve_artifact(router_path)
+    router, meta = load_router(folder, extractor.extractor_id, pool.identities())
+    return pool, extractor, router, meta, read_training_samples(folder)
+
+
+def _trained_on(samples: Samples, training: TrainingSamples) -> np.ndarray:
+    """Which samples show an image the router was trained on."""
+    return samples.matrix.samples["image_id"].isin(training.image_ids).to_numpy()
+
+
+def _held_out_hint(meta: RouterMeta) -> str:
+    split = SplitSpec.model_validate(meta.split)
+    if split.test_splits:
+        return "its held-out split: " + " ".join(f"--split {name}" for name in split.test_splits)
+    if split.test_benchmarks:
+        return "its held-out benchmarks: " + " ".join(f"--benchmark {name}" for name in split.test_benchmarks)
+    return f"it held out {split.holdout:.0%} of the images of its tables by hash"
 
 
 def evaluate_router(
@@ -285,17 +332,29 @@ def evaluate_router(
     splits: Sequence[str] = (),
     generators: Sequence[str] = (),
     benchmarks: Sequence[str] = (),
+    include_training: bool = False,
     console: Console | None = None,
     show_progress: bool = True,
 ) -> tuple[RoutingEvaluation, RouterMeta, Path]:
-    """The router on (a filtered part of) outcome tables; writes tables, plots and report.html into
-    out_dir and returns the report's path."""
-    console = console or Console(stderr=True)
-    pool, extractor, router, meta = _load(config, router_path)
+    """The router on (a filtered part of) outcome tables, without the images it was trained on —
+    or with them (`include_training`), set apart in the breakdown; writes tables, plots and
+    report.html into out_dir and returns the report's path."""
+    console = console or plain_console(stderr=True)
+    pool, extractor, router, meta, training = _load(config, router_path)
     samples = _filtered(
         load_samples(config, pool, extractor, outcome_paths, console, show_progress), splits, generators, benchmarks
     )
-    evaluation = evaluate(router, meta, samples)
+    trained = _trained_on(samples, training)
+    if include_training:
+        evaluation = evaluate(router, meta, samples, trained=trained)
+    elif trained.all():
+        raise RouterTrainingError(
+            f"all {len(trained)} samples to judge show images router {meta.router_id} v{meta.version} was trained "
+            f"on: judge it on outcomes of images it never saw ({_held_out_hint(meta)}), or pass --include-training "
+            "to see it on its training images, set apart"
+        )
+    else:
+        evaluation = evaluate(router, meta, samples.take(np.flatnonzero(~trained)), left_out=int(trained.sum()))
     report = write_evaluation_with_report(evaluation, out_dir, f"{meta.router_id} v{meta.version}", meta)
     return evaluation, meta, report
 
@@ -312,23 +371,38 @@ def calibrate_router(
     """Pick the cost weight lambda that keeps the mean cost per image on the reference outcomes
     within `budget`, and save the router with it as a new version; returns (folder, meta, lambda,
     the mean cost per image it gives on the reference)."""
-    console = console or Console(stderr=True)
-    pool, extractor, router, meta = _load(config, router_path)
+    console = console or plain_console(stderr=True)
+    pool, extractor, router, meta, training = _load(config, router_path)
     samples = load_samples(config, pool, extractor, outcome_paths, console, show_progress)
     if splits:
         samples = _filtered(samples, splits, (), ())
+    # Tuning one scalar on training images is fair, but the router is surer of itself there than on
+    # unseen images, so the cost it spends on those may differ: say so rather than refuse.
+    trained = int(_trained_on(samples, training).sum())
+    if trained:
+        console.print(
+            f"{trained} of {len(samples.features)} reference sample(s) show images the router was trained on: on "
+            "images it never saw, what it spends per image may differ from the budget", style="yellow",
+        )
     p_correct = router.predict_correct(samples.features)
     costs = np.array([meta.expert_costs[name] for name in samples.matrix.experts])
     router.cost_weight = calibrate_cost_weight(p_correct, costs, budget)
     achieved = float(costs[router.utilities(p_correct).argmax(axis=1)].mean())
     calibrated_meta = meta.model_copy(update={"budget": budget, "metrics": {}})
-    folder = save_router(router_home(router_path), router, calibrated_meta)
+    folder = save_router(router_home(router_path), router, calibrated_meta, training)
     return folder, read_router_meta(folder), router.cost_weight, achieved
 
 
 def render_evaluation(evaluation: RoutingEvaluation, console: Console, title: str, random_weights: bool) -> None:
     """The systems table, the gap closed, and accuracy per group, as rich tables."""
-    systems = Table(title=f"{title} ({evaluation.n_images} images)")
+    if evaluation.training_samples_left_out:
+        console.print(
+            f"{evaluation.training_samples_left_out} sample(s) left out: their images trained the router (as its "
+            "artifact lists them); --include-training judges them too, set apart", style="yellow",
+        )
+    judged_trained = evaluation.training_samples_judged
+    trained_note = f", {judged_trained} of them trained on" if judged_trained else ""
+    systems = Table(title=f"{title} ({evaluation.n_images} images{trained_note})")
     for column in ("system", "accuracy", "AUC", "cost/image"):
         systems.add_column(column, justify="left" if column == "system" else "right")
     for system, row in evaluation.systems.iterrows():
@@ -350,7 +424,13 @@ def render_evaluation(evaluation: RoutingEvaluation, console: Console, title: st
         for name in table.columns:
             view.add_column(str(name), justify="right")
         for group, row in table.iterrows():
-            view.add_row(str(group), *(f"{int(v)}" if name == "n" else f"{v:.3f}" for name, v in row.items()))
+            view.add_row(Text(readable(str(group))), *(f"{int(v)}" if name == "n" else f"{v:.3f}" for name, v in row.items()))
         console.print(view)
+    if judged_trained:
+        console.print(
+            f"{judged_trained} of these {evaluation.n_images} samples show images the router was trained on: the "
+            f"figures above are optimistic; 'accuracy per {SIDE_COLUMN}' sets them apart", style="bold yellow",
+        )
     if random_weights:
-        console.print("[bold red]The router read CLIP features with RANDOM weights (no pretrained CLIP weights here).")
+        console.print("The router read CLIP features with RANDOM weights (no pretrained CLIP weights here).",
+                      style="bold red")

@@ -31,16 +31,18 @@ from fastapi.responses import FileResponse, JSONResponse
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from ray import serve
+from ray.serve.exceptions import RayServeException
 from starlette.exceptions import HTTPException
 
 from coe.config import CoeConfig, ConfigError, load_config, load_expert_card, load_expert_cards
+from coe.core.errors import UserError
 from coe.core.masks import MASKS_DIR
 from coe.core.imaging import DecodedImage, ImageDecodeError, decode_image_bytes
 from coe.core.records import ErrorCode, ErrorInfo, ExpertOutput, Localization, Verdict
 from coe.defaults import DEFAULT_ROUTER
 from coe.models import ExpertPool, routing_features
 from coe.pipeline import RoutePipeline, judge_decoded
-from coe.ray_route import start_ray
+from coe.ray_route import ray_session
 from experts.base import ExpertCard, Resources, create_expert, localize_each, predict_each
 from router.artifact import has_readable_artifact
 
@@ -53,8 +55,9 @@ MASK_NAME = re.compile(r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*\.png$")  # no sepa
 MaskMode = Literal["inline", "link", "none"]
 
 
-class ServeError(RuntimeError):
-    """The application cannot be built or started as configured."""
+class ServeError(UserError, RayServeException):
+    """The application cannot be built or started as configured. A RayServeException, so that
+    `serve run` reports its message alone rather than a traceback."""
 
 
 # --------------------------------------------------------------------------------------- settings
@@ -95,6 +98,12 @@ class ServeSettings(StrictSettings):
         default="auto", description="auto: required whenever `host` is not a loopback address"
     )
     max_upload_bytes: int = Field(default=64 * 2**20, gt=0, description="the whole request body")
+    max_buffered_bytes: int = Field(
+        default=256 * 2**20,
+        gt=0,
+        description="request bodies an ingress replica holds at once, across requests; a request "
+        "that would go over is answered 503 busy",
+    )
     max_images_per_request: int = Field(default=64, ge=1)
     request_timeout_s: float = Field(default=120.0, gt=0)
     masks: MaskMode = Field(
@@ -124,11 +133,12 @@ class ServeSettings(StrictSettings):
         known = {key.get_secret_value() for key in self.api_keys}
         extra = [key.strip() for key in os.environ.get(API_KEY_ENV, "").split(",") if key.strip()]
         self.api_keys += [SecretStr(key) for key in extra if key not in known]
-        if self.api_key_required and not self.api_keys:
-            raise ValueError(
-                f"an API key is required (host {self.host!r}, require_api_key={self.require_api_key!r}) but none is "
-                f"set: add serve.api_keys or {API_KEY_ENV}"
-            )
+        return self
+
+    @model_validator(mode="after")
+    def _one_upload_fits(self) -> "ServeSettings":
+        if self.max_buffered_bytes < self.max_upload_bytes:
+            raise ValueError("max_buffered_bytes must be at least max_upload_bytes")
         return self
 
     @property
@@ -137,14 +147,25 @@ class ServeSettings(StrictSettings):
             return not _is_loopback(self.host)
         return self.require_api_key
 
+    def check_api_key(self) -> None:
+        """Refuses, in one line, an endpoint on `host` that needs a key and has none. Checked where
+        the host is known for sure (the builder asks Serve), not when the settings are read."""
+        if self.api_key_required and not self.api_keys:
+            raise ServeError(
+                f"refusing to serve on {self.host!r} without an API key (require_api_key: {self.require_api_key}): "
+                f"set serve.api_keys or {API_KEY_ENV}, or bind a loopback address"
+            )
+
 
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
         return False
+    # Python 3.11 does not count ::ffff:127.0.0.1 (IPv4 loopback in an IPv6 socket) as loopback.
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback
 
 
 class ServeArgs(StrictSettings):
@@ -157,9 +178,10 @@ class ServeArgs(StrictSettings):
     serve: ServeSettings = ServeSettings()
 
 
-def load_serve_args(path: Path) -> ServeArgs:
+def load_serve_args(path: Path, host: str | None = None, port: int | None = None) -> ServeArgs:
     """The `args:` of the first application of a Serve config file (configs/serve.yaml); its
-    `http_options` host and port, where given, win over `serve.host` / `serve.port`."""
+    `http_options` host and port, where given, win over `serve.host` / `serve.port`, and `host` and
+    `port`, where given, over both."""
     try:
         document = yaml.safe_load(Path(path).read_text()) or {}
         applications = document.get("applications") or [{}]
@@ -169,7 +191,8 @@ def load_serve_args(path: Path) -> ServeArgs:
             for key, value in (document.get("http_options") or {}).items()
             if key in {"host", "port"}
         }
-        args["serve"] = {**(args.get("serve") or {}), **http}
+        given = {key: value for key, value in {"host": host, "port": port}.items() if value is not None}
+        args["serve"] = {**(args.get("serve") or {}), **http, **given}
         return ServeArgs.model_validate(args)
     except (OSError, yaml.YAMLError, AttributeError, ValidationError) as error:
         raise ConfigError(f"{path}: {error}") from error
@@ -252,39 +275,63 @@ def error_json(status: int, code: str, message: str) -> JSONResponse:
 
 class Gatekeeper:
     """Pure ASGI middleware in front of the routes: checks the API key and the body's size before
-    any of the body is read (Content-Length), and counts it while it streams in."""
+    any of the body is read (Content-Length), and counts it while it streams in. Bodies are held in
+    memory until their request is answered, so the bytes of the requests in flight are bounded
+    together: a request that would go over `max_buffered_bytes` is answered 503 busy."""
 
     # Probes and the API's description need no key; everything under /v1 does.
-    OPEN_PATHS = {"/healthz", "/readyz", "/openapi.json", "/docs"}
+    OPEN_PATHS = {"/healthz", "/readyz", "/openapi.json"}
 
     def __init__(self, app, settings: ServeSettings):
         self.app = app
         self.keys = {key.get_secret_value().encode() for key in settings.api_keys}
+        self.require_api_key = settings.require_api_key
         self.required = settings.api_key_required
         self.max_bytes = settings.max_upload_bytes
+        self.max_buffered = settings.max_buffered_bytes
+        # Requests are served on one event loop, so reserving is check-and-add with no await between.
+        self.buffered = 0
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
-        if self.required and scope["path"] not in self.OPEN_PATHS and not self._authorized(headers):
+        if self._key_required(scope) and scope["path"] not in self.OPEN_PATHS and not self._authorized(headers):
             return await error_json(401, "unauthorized", "a valid API key is required (X-API-Key or Bearer)")(
                 scope, receive, send
             )
         declared = headers.get(b"content-length", b"").decode()
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._too_large(int(declared))(scope, receive, send)
+        declared = int(declared) if declared.isdigit() else 0
+        if declared > self.max_bytes:
+            return await self._too_large(declared)(scope, receive, send)
+        if not self._reserve(declared):
+            return await self._busy()(scope, receive, send)
+        reserved = declared
         received = 0
 
         async def counting_receive():
-            nonlocal received
+            nonlocal received, reserved
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.max_bytes:
                 raise ApiError(413, "payload_too_large", f"the upload exceeds {self.max_bytes} bytes")
+            if received > reserved:  # no Content-Length, or a body longer than it said
+                if not self._reserve(received - reserved):
+                    raise self._busy_error()
+                reserved = received
             return message
 
-        await self.app(scope, counting_receive, send)
+        try:
+            await self.app(scope, counting_receive, send)
+        finally:
+            self.buffered -= reserved
+
+    def _key_required(self, scope) -> bool:
+        # Whoever started Serve chose the address the proxy binds; a request that reached a
+        # non-loopback address needs a key whatever the settings were told.
+        server = scope.get("server")
+        off_loopback = server is None or not _is_loopback(server[0])
+        return self.required or (self.require_api_key == "auto" and off_loopback)
 
     def _authorized(self, headers: dict[bytes, bytes]) -> bool:
         key = headers.get(b"x-api-key")
@@ -293,13 +340,47 @@ class Gatekeeper:
             key = authorization[7:].strip()
         return key in self.keys
 
+    def _reserve(self, size: int) -> bool:
+        if self.buffered + size > self.max_buffered:
+            return False
+        self.buffered += size
+        return True
+
     def _too_large(self, size: int) -> JSONResponse:
         return error_json(
             413, "payload_too_large", f"the upload has {size} bytes, over the limit of {self.max_bytes}"
         )
 
+    def _busy_error(self) -> ApiError:
+        return ApiError(
+            503, "busy", f"the uploads in progress hold {self.buffered} of {self.max_buffered} bytes; retry later"
+        )
+
+    def _busy(self) -> JSONResponse:
+        error = self._busy_error()
+        return error_json(error.status_code, error.code, error.detail)
+
 
 # ---------------------------------------------------------------------------- worker deployments
+
+
+def bind_replica_grpc_to_node_address() -> None:
+    """Ray Serve (2.60) starts each replica's inter-deployment gRPC server on [::]:0, every
+    interface, and has no setting for it, while the other replicas reach it at the node's address.
+    Called first in each replica's constructor, which Serve runs before it binds that server, so that
+    it binds the node's address alone: loopback, on the cluster coe starts."""
+    import ray
+    from ray.serve._private import replica
+
+    bind = replica.add_port_to_grpc_server
+    node = ray.util.get_node_ip_address()
+    host = f"[{node}]" if ":" in node else node
+
+    def on_node_address(server, address: str) -> int:
+        wildcard, _, port = address.rpartition(":")
+        return bind(server, f"{host}:{port}" if wildcard == "[::]" else address)
+
+    replica.add_port_to_grpc_server = on_node_address
 
 
 @serve.deployment(name="features")
@@ -307,6 +388,7 @@ class FeaturesDeployment:
     """CLIP plus descriptors, the router's input; images from concurrent requests embedded together."""
 
     def __init__(self, config: CoeConfig, batching: BatchSettings):
+        bind_replica_grpc_to_node_address()
         self.features = routing_features(config, load_expert_cards(config))
         self.embed.set_max_batch_size(batching.max_batch_size)
         self.embed.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
@@ -328,6 +410,7 @@ class ExpertDeployment:
     UNHEALTHY_AFTER_FAILED_BATCHES = 3
 
     def __init__(self, config: CoeConfig, card: ExpertCard, batching: BatchSettings):
+        bind_replica_grpc_to_node_address()
         self.expert = ExpertPool(config, {card.name: card}).get(card.name)
         self.failed_batches_in_a_row = 0
         for method in (self.predict, self.localize):
@@ -514,6 +597,7 @@ class CoeIngress:
     async def __init__(
         self, config: CoeConfig, settings: ServeSettings, features, experts: dict, localizer=None
     ):
+        bind_replica_grpc_to_node_address()
         self.config = config
         self.settings = settings
         extractor_id, random_weights = await features.describe.remote()
@@ -587,10 +671,14 @@ class CoeIngress:
 def ingress_deployment(settings: ServeSettings):
     """The ingress class with its FastAPI routes. Made per settings, since the routes' limits and
     the gatekeeper's keys are fixed when the FastAPI app is built."""
+    # No /docs or /redoc: FastAPI's pages load Swagger UI and ReDoc from a CDN, which fails offline,
+    # and nothing installed ships their assets; /openapi.json describes the API to any local tool.
     api = FastAPI(
         title="coe",
         version="1",
         description="Routes each image to the forensic expert most likely to tell whether it is real or AI-generated.",
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(api)
     api.add_middleware(Gatekeeper, settings=settings)
@@ -600,7 +688,9 @@ def ingress_deployment(settings: ServeSettings):
     @serve.deployment(name="ingress")
     @serve.ingress(api)
     class Ingress(CoeIngress):
-        @api.post("/v1/analyze", response_model=AnalyzeResponse, responses=ERROR_RESPONSES)
+        @api.post(
+            "/v1/analyze", response_model=AnalyzeResponse, responses={**ERROR_RESPONSES, 503: {"model": ErrorResponse}}
+        )
         async def analyze(
             self,
             files: list[UploadFile] = File(..., description="one or more image files"),
@@ -724,10 +814,26 @@ def fit_to_cluster(
     return fitted, settings
 
 
+def bound_settings(settings: ServeSettings) -> ServeSettings:
+    """`settings` for the host Serve's proxies actually bind, checked against the key rule. That
+    host is whatever started Serve chose (`coe serve`, the http_options of `serve run`'s file, a
+    serve.start before), which the application's own args cannot see: the builder asks Serve's
+    controller. Without a running Serve (`serve build`) nothing is bound yet."""
+    import ray
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client(raise_if_no_controller_running=False) if ray.is_initialized() else None
+    host = client.http_config.host if client is not None else None
+    bound = settings if host is None else settings.model_copy(update={"host": host})
+    bound.check_api_key()
+    return bound
+
+
 def build_application(
     config: CoeConfig, settings: ServeSettings, say: Callable[[str], None] = logger.warning
 ):
     """The Serve application for `config`: ingress -> features, one deployment per expert."""
+    settings = bound_settings(settings)
     check_models(config)
     names = list(
         dict.fromkeys([*config.experts, *([config.localize.expert] if config.localize.expert else [])])
@@ -774,25 +880,24 @@ def build_app(args: ServeArgs):
 def running(
     config: CoeConfig, settings: ServeSettings, address: str | None = None, say: Callable[[str], None] = print
 ) -> Iterator[str]:
-    """Ray (a one-machine cluster bound to 127.0.0.1, unless `address` names one to join) with the
+    """Ray (a one-machine cluster on loopback only, unless `address` names one to join) with the
     application deployed; yields its URL, then shuts Serve and Ray down whatever happened."""
-    import ray
-
-    check_models(config)  # before starting Ray: a missing model is a user's error, found in a second
-    start_ray(address or "local")
-    try:
-        serve.start(
-            http_options={
-                "host": settings.host,
-                "port": settings.port,
-                "request_timeout_s": settings.request_timeout_s + 10,
-            }
-        )
-        serve.run(build_application(config, settings, say), name="coe", route_prefix="/")
-        yield f"http://{settings.host}:{settings.port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    # Before starting Ray: a missing key or model is a user's error, found in a second.
+    settings.check_api_key()
+    check_models(config)
+    with ray_session(address or "local"):
+        try:
+            serve.start(
+                http_options={
+                    "host": settings.host,
+                    "port": settings.port,
+                    "request_timeout_s": settings.request_timeout_s + 10,
+                }
+            )
+            serve.run(build_application(config, settings, say), name="coe", route_prefix="/")
+            yield f"http://{settings.host}:{settings.port}"
+        finally:
+            serve.shutdown()
 
 
 def serve_command(

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import track
 
 from coe.config import CoeConfig
+from coe.core.console import progress_bar, show
+from coe.core.errors import UserError
 from coe.core.imaging import ImageDecodeError, read_image
+from coe.core.names import readable
 from coe.ingest import discover
 from coe.models import expert_weights_folder
 from experts.base import ExpertCard, TrainableExpert, create_expert
@@ -16,7 +18,7 @@ from experts.base import ExpertCard, TrainableExpert, create_expert
 CLASS_FOLDERS = {"real": 0, "0_real": 0, "fake": 1, "1_fake": 1}
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(UserError, ValueError):
     pass
 
 
@@ -34,17 +36,20 @@ def train_expert_on_folder(
         )
     images, labels, skipped = [], [], {}
     items = [(item, label) for folder, label in class_dirs.items() for item in discover([folder])]
-    for item, label in track(items, description="reading training images", console=console):
-        try:
-            images.append(read_image(item.path, config.ingest).pixels)
-            labels.append(label)
-        except ImageDecodeError as error:
-            skipped[item.path] = error.error.code.value
+    with progress_bar(console, "reading training images") as progress:
+        task = progress.add_task("read", total=len(items))
+        for item, label in items:
+            try:
+                images.append(read_image(item.path, config.ingest).pixels)
+                labels.append(label)
+            except ImageDecodeError as error:
+                skipped[readable(item.path)] = error.error.code.value
+            progress.advance(task)
     if skipped:
-        console.print(f"[yellow]skipped {len(skipped)} unreadable file(s); see the report's `skipped`")
+        console.print(f"skipped {len(skipped)} unreadable file(s); see the report's `skipped`", style="yellow")
     if len(set(labels)) < 2:
         raise TrainingDataError(f"{data}: need readable real and fake images, got {len(labels)} image(s)")
     destination = out or expert_weights_folder(config, card)
-    console.print(f"training {card.name} on {labels.count(0)} real and {labels.count(1)} fake images")
+    show(console, f"training {card.name} on {labels.count(0)} real and {labels.count(1)} fake images")
     expert.fit(images, labels).save(destination)
     return {"saved_to": str(destination), "meta": expert.meta, "skipped": skipped}

@@ -1,4 +1,4 @@
-"""Built-in expert families; importing this package registers them (experts.base stays free of
-side effects)."""
-
-from experts import dct, fakevlm, legion, npr, residual, spectrum, univfd  # noqa: F401
+"""Expert families, one module each: `experts/<family>.py` registers its class with
+`@register_expert("<family>")`. Nothing is imported here, so that reading a card or listing the
+configuration never pays for torch; `experts.base.create_expert` imports a family's module when a
+card first asks for it."""

@@ -6,6 +6,9 @@ as open_clip's `create_model` is for models."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import pkgutil
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -15,6 +18,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from coe.core.errors import UserError
 from coe.core.records import ErrorCode, ErrorInfo, ExpertOutput, Localization
 
 Capability = Literal["detect", "localize", "explain"]
@@ -52,7 +56,7 @@ class ExpertCard(BaseModel):
     params: dict[str, Any] = {}
 
 
-class ExpertNotTrainedError(RuntimeError):
+class ExpertNotTrainedError(UserError, RuntimeError):
     pass
 
 
@@ -185,15 +189,27 @@ def register_expert(family: str) -> Callable[[type[Expert]], type[Expert]]:
 
 
 def expert_families() -> dict[str, type[Expert]]:
-    import experts  # noqa: F401  (importing the package registers the built-in families)
+    """Every family: those registered so far and those of every module in the experts package."""
+    import experts
 
+    for module in pkgutil.iter_modules(experts.__path__):
+        if module.name != "base":
+            importlib.import_module(f"experts.{module.name}")
     return dict(_REGISTRY)
 
 
 def create_expert(card: ExpertCard) -> Expert:
-    families = expert_families()
-    if card.family not in families:
+    family = _REGISTRY.get(card.family) or _import_family(card.family)
+    if family is None:
         raise KeyError(
-            f"expert {card.name!r}: unknown family {card.family!r}; known: {', '.join(sorted(families))}"
+            f"expert {card.name!r}: unknown family {card.family!r}; known: {', '.join(sorted(expert_families()))}"
         )
-    return families[card.family](card)
+    return family(card)
+
+
+def _import_family(family: str) -> type[Expert] | None:
+    """A built-in family lives in the module of its name (torch and friends load only when a card
+    needs them); a family registered elsewhere is found by importing every module."""
+    if family.isidentifier() and importlib.util.find_spec(f"experts.{family}") is not None:
+        importlib.import_module(f"experts.{family}")
+    return _REGISTRY.get(family) or expert_families().get(family)

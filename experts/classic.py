@@ -16,15 +16,15 @@ from typing import Annotated
 import joblib
 import numpy as np
 import sklearn
+from pydantic import BaseModel, ConfigDict, Field
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from experts.base import ExpertNotTrainedError, TrainableExpert
+from experts.weights import WeightsFormatError
 
 MODEL_FILE = "model.joblib"
 META_FILE = "meta.json"
@@ -125,7 +125,7 @@ class DescriptorExpert(TrainableExpert):
             )
         meta = json.loads(meta_file.read_text())
         if meta.get("family") != self.family:
-            raise ValueError(f"{folder} holds a {meta.get('family')!r} model, not {self.family!r}")
+            raise WeightsFormatError(f"{folder} holds a {meta.get('family')!r} model, not {self.family!r}")
         self.classifier = joblib.load(model_file)
         self.meta = meta
         return self

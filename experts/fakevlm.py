@@ -23,7 +23,12 @@ from coe.core.records import ExpertOutput
 from experts.base import PretrainedExpert, register_expert
 from experts.sizing import Footprint, count_parameters_and_flops
 from experts.weights import (
-    WeightsNotFoundError, locate_weights, resolve_device, resolve_dtype, weights_digest,
+    WeightsFormatError,
+    WeightsNotFoundError,
+    locate_weights,
+    resolve_device,
+    resolve_dtype,
+    weights_digest,
 )
 
 IMAGE_TOKEN = "<image>"
@@ -106,18 +111,18 @@ def verdict_token_ids(tokenizer) -> dict[str, int]:
     for word in VERDICT_WORDS:
         continued = tokenizer(f"{ANSWER_PREFIX} {word}", add_special_tokens=False).input_ids
         if continued[: len(prefix)] != prefix or len(continued) == len(prefix):
-            raise ValueError(
+            raise WeightsFormatError(
                 f"FakeVLM: the tokenizer does not continue {ANSWER_PREFIX!r} with {word!r} as its own token"
             )
         token_id = continued[len(prefix)]
         if token_id == tokenizer.unk_token_id:
-            raise ValueError(
+            raise WeightsFormatError(
                 f"FakeVLM: the tokenizer cannot encode the verdict word {word!r} (it becomes the unknown "
                 "token); use LLaVA-1.5's tokenizer (llava-hf/llava-1.5-7b-hf)"
             )
         token_ids[word] = token_id
     if token_ids["fake"] == token_ids["real"]:
-        raise ValueError(
+        raise WeightsFormatError(
             "FakeVLM: the tokenizer gives 'fake' and 'real' the same first token; they cannot be told apart"
         )
     return token_ids

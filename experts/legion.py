@@ -32,6 +32,7 @@ from coe.core.torchvision_compat import ensure_torchvision_importable
 from experts.base import ExpertCard, Localizer, PretrainedExpert, register_expert
 from experts.sizing import Footprint, count_parameters_and_flops
 from experts.weights import (
+    WeightsFormatError,
     WeightsNotFoundError,
     locate_weights,
     resolve_device,
@@ -98,7 +99,7 @@ class TextArchitecture(BaseModel):
         )
         absent = [name for name in required if name not in config]
         if absent:
-            raise ValueError(f"LEGION config.json lacks {', '.join(absent)}")
+            raise WeightsFormatError(f"LEGION config.json lacks {', '.join(absent)}")
         return cls(
             **{name: config[name] for name in required},
             num_key_value_heads=config.get("num_key_value_heads") or config["num_attention_heads"],
@@ -296,7 +297,7 @@ class LegionModel(torch.nn.Module):
 # --- checkpoint key mapping (docs/legion_checkpoint.md) ------------------------------------------
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(WeightsFormatError):
     pass
 
 
@@ -706,7 +707,7 @@ class LegionExpert(PretrainedExpert, Localizer):
             ) from error
         seg_token_id = tokenizer.convert_tokens_to_ids(SEG_TOKEN)
         if seg_token_id is None or seg_token_id == tokenizer.unk_token_id:
-            raise ValueError(f"LEGION's tokenizer in {legion_folder} has no {SEG_TOKEN} token")
+            raise WeightsFormatError(f"LEGION's tokenizer in {legion_folder} has no {SEG_TOKEN} token")
         before, after = prompt_token_ids(tokenizer)
         size = architecture.vision.image_size
         head, head_digest = self._load_head(architecture.vision.hidden_size, device, dtype)

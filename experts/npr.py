@@ -24,6 +24,7 @@ from torch import nn
 from experts.base import PretrainedExpert, register_expert
 from experts.sizing import Footprint, count_parameters_and_flops
 from experts.weights import (
+    WeightsFormatError,
     WeightsNotFoundError,
     locate_weights,
     resolve_device,
@@ -117,10 +118,10 @@ def unwrap_checkpoint(checkpoint: object, source: Path) -> dict[str, torch.Tenso
     its test.py loads, or the published NPR.pth's {"model": state dict of a DataParallel model, ...}
     (the other entries are training state). The "module." prefix goes only when every key has it."""
     if not isinstance(checkpoint, dict):
-        raise ValueError(f"{source} holds a {type(checkpoint).__name__}, not an NPR state dict")
+        raise WeightsFormatError(f"{source} holds a {type(checkpoint).__name__}, not an NPR state dict")
     state = checkpoint.get(WRAPPER_KEY, checkpoint)
     if not isinstance(state, dict):
-        raise ValueError(f"{source}: {WRAPPER_KEY!r} holds a {type(state).__name__}, not a state dict")
+        raise WeightsFormatError(f"{source}: {WRAPPER_KEY!r} holds a {type(state).__name__}, not a state dict")
     if state and all(key.startswith(DATA_PARALLEL_PREFIX) for key in state):
         state = {key.removeprefix(DATA_PARALLEL_PREFIX): value for key, value in state.items()}
     return state
@@ -181,7 +182,7 @@ class NPRExpert(PretrainedExpert):
         try:
             network.load_state_dict(state, strict=True)
         except RuntimeError as error:
-            raise ValueError(f"expert {self.name!r}: {path} is not an NPR checkpoint: {error}") from error
+            raise WeightsFormatError(f"expert {self.name!r}: {path} is not an NPR checkpoint: {error}") from error
         self.device = resolve_device(self.params.device)
         self.dtype = resolve_dtype(self.params.dtype, self.device)
         self.network = network.to(self.device, self.dtype).eval()

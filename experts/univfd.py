@@ -26,6 +26,7 @@ from coe.core.open_clip_hub import cached_open_clip_checkpoint
 from experts.base import PretrainedExpert, register_expert
 from experts.sizing import Footprint, count_parameters_and_flops
 from experts.weights import (
+    WeightsFormatError,
     WeightsNotFoundError,
     locate_weights,
     resolve_device,
@@ -111,7 +112,7 @@ class UnivFDExpert(PretrainedExpert):
         try:
             probe.load_state_dict(probe_state, strict=True)
         except (RuntimeError, TypeError, AttributeError) as error:
-            raise ValueError(
+            raise WeightsFormatError(
                 f"expert {self.name!r}: {probe_path} is not a UnivFD probe for a {visual.output_dim}-d "
                 f"CLIP embedding (upstream saves the state dict of Linear({visual.output_dim}, 1): weight "
                 f"and bias): {error}"
@@ -175,7 +176,7 @@ class UnivFDExpert(PretrainedExpert):
         pretrained_cfg = open_clip.get_pretrained_cfg(self.params.clip_model, tag)
         if not pretrained_cfg:
             known = ", ".join(open_clip.list_pretrained_tags_by_model(self.params.clip_model)) or "none"
-            raise ValueError(
+            raise WeightsFormatError(
                 f"expert {self.name!r}: {tag!r} is not an open_clip pretrained tag of "
                 f"{self.params.clip_model} (known: {known}), a local-dir: folder or a weights file"
             )

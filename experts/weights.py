@@ -9,12 +9,18 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from coe.core.errors import UserError
+
 HF_HUB = "hf-hub:"
 _EDGE_BYTES = 1 << 20
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(UserError, FileNotFoundError):
     pass
+
+
+class WeightsFormatError(UserError, ValueError):
+    """The weights a card points at are not what its expert reads."""
 
 
 def hub_repo(reference: str) -> tuple[str, str | None] | None:

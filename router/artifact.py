@@ -4,12 +4,18 @@ and how well it did. Loading checks all of that: a router trained on other featu
 experts would route confidently and wrongly.
 
 Artifacts are versioned: saving into a router folder adds `v1/`, `v2/`, ... beside the earlier
-versions, which stay loadable by their own path; the folder itself loads its latest version."""
+versions, which stay loadable by their own path; the folder itself loads its latest version.
+
+Each version also lists the samples the router was fitted on (`training_samples.txt`), so that
+no evaluation counts them as held out; `training_data_hash` is the hash of that file."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -17,13 +23,21 @@ from typing import Literal
 import joblib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from coe.core.errors import UserError
 from router.calibration import PlattCalibration
 
 ROUTER_FILE = "router.joblib"
 META_FILE = "router.json"
+TRAINING_SAMPLES_FILE = "training_samples.txt"
+# 3: the artifact lists its training samples; older artifacts cannot say what they were trained on.
+FORMAT_VERSION = 3
 
 
-class RouterMismatchError(ValueError):
+class RouterMismatchError(UserError, ValueError):
+    pass
+
+
+class RouterNotFoundError(UserError, FileNotFoundError):
     pass
 
 
@@ -34,7 +48,7 @@ class TrainingSource(BaseModel):
 
 class RouterMeta(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    format_version: int = 2
+    format_version: int = FORMAT_VERSION
     router_id: str
     level: Literal["query", "subject"]
     version: int = 1
@@ -49,10 +63,36 @@ class RouterMeta(BaseModel):
     experts: dict[str, str] = Field(description="expert name -> identity (version and training data hash)")
     expert_costs: dict[str, float]
     calibration: dict[str, PlattCalibration] = {}
-    training_data_hash: str
+    training_data_hash: str = Field(description=f"sha256 of {TRAINING_SAMPLES_FILE}")
     n_train: int
     metrics: dict[str, float | int | str] = {}
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+
+@dataclass(frozen=True)
+class TrainingSamples:
+    """The samples a router was fitted on (and its experts' calibration), one `image_id|perturbation`
+    key each, sorted."""
+
+    keys: tuple[str, ...]
+
+    @classmethod
+    def of(cls, image_ids: Iterable[str], perturbations: Iterable[str]) -> TrainingSamples:
+        return cls(tuple(sorted(f"{i}|{p}" for i, p in zip(image_ids, perturbations, strict=True))))
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.keys)
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+    @property
+    def image_ids(self) -> frozenset[str]:
+        """The images seen in training, whatever their perturbation: another perturbation of a
+        training image is no held-out image either."""
+        return frozenset(key.split("|", 1)[0] for key in self.keys)
 
 
 _VERSION = re.compile(r"^v(\d+)$")
@@ -80,11 +120,11 @@ def resolve_artifact(path: Path) -> Path:
         return path
     versions = _versions(path)
     if not versions:
-        raise FileNotFoundError(f"{path} is not a router artifact (no {META_FILE} and no v1/, v2/, ... inside)")
+        raise RouterNotFoundError(f"{path} is not a router artifact (no {META_FILE} and no v1/, v2/, ... inside)")
     return versions[max(versions)]
 
 
-def save_router(folder: Path, router, meta: RouterMeta) -> Path:
+def save_router(folder: Path, router, meta: RouterMeta, training: TrainingSamples) -> Path:
     """Save as the next version in `folder`; returns the version folder and sets `meta.version`."""
     home = router_home(folder)
     meta.version = max(_versions(home), default=0) + 1
@@ -93,19 +133,46 @@ def save_router(folder: Path, router, meta: RouterMeta) -> Path:
     partial.mkdir(parents=True, exist_ok=True)
     joblib.dump(router, partial / ROUTER_FILE)
     (partial / META_FILE).write_text(meta.model_dump_json(indent=2))
+    (partial / TRAINING_SAMPLES_FILE).write_text(training.text)
     partial.replace(target)
     return target
+
+
+def _unreadable(path: Path, why: str) -> RouterMismatchError:
+    return RouterMismatchError(
+        f"{path} is not a router artifact this coe can read (an older format, or damaged): retrain it with "
+        f"`coe router train` ({why})"
+    )
 
 
 def read_router_meta(path: Path) -> RouterMeta:
     meta_file = resolve_artifact(path) / META_FILE
     try:
-        return RouterMeta.model_validate(json.loads(meta_file.read_text()))
-    except (ValueError, ValidationError) as error:
-        raise RouterMismatchError(
-            f"{meta_file} is not a router artifact this coe can read (an older format, or damaged): retrain it "
-            f"with `coe router train` ({str(error).splitlines()[0]})"
-        ) from None
+        data = json.loads(meta_file.read_text())
+    except ValueError as error:
+        raise _unreadable(meta_file, str(error)) from None
+    found = data.get("format_version") if isinstance(data, dict) else None
+    if found != FORMAT_VERSION:
+        raise _unreadable(
+            meta_file, f"format {found}; this coe reads format {FORMAT_VERSION}, which lists the training samples"
+        )
+    try:
+        return RouterMeta.model_validate(data)
+    except ValidationError as error:
+        raise _unreadable(meta_file, str(error).splitlines()[0]) from None
+
+
+def read_training_samples(path: Path) -> TrainingSamples:
+    """The samples the artifact at `path` was trained on, checked against its training_data_hash."""
+    folder = resolve_artifact(path)
+    listing = folder / TRAINING_SAMPLES_FILE
+    if not listing.exists():
+        raise _unreadable(folder, f"no {TRAINING_SAMPLES_FILE}")
+    text = listing.read_text()
+    training = TrainingSamples(tuple(text.split("\n")) if text else ())
+    if training.digest != read_router_meta(folder).training_data_hash:
+        raise _unreadable(listing, "its hash is not the training_data_hash of router.json")
+    return training
 
 
 def has_readable_artifact(path: Path) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 from pydantic import BaseModel
-from sklearn.linear_model import LogisticRegression
 
 _EPS = 1e-6
 
@@ -24,6 +23,8 @@ class PlattCalibration(BaseModel):
         is_fake = np.asarray(is_fake, dtype=int)
         if len(np.unique(is_fake)) < 2:
             return cls()  # nothing to learn from one class: leave probabilities as they are
+        from sklearn.linear_model import LogisticRegression  # here: applying needs two numbers, not sklearn
+
         model = LogisticRegression(C=1e4).fit(_logit(p_fake)[:, None], is_fake)
         return cls(slope=float(model.coef_[0, 0]), intercept=float(model.intercept_[0]))
 

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from coe.core.errors import UserError
 from coe.core.open_clip_hub import cached_open_clip_checkpoint
 from coe.core.torchvision_compat import ensure_torchvision_importable
 
@@ -26,6 +27,26 @@ RANDOM_WEIGHTS = "none"
 AUTO_WEIGHTS = "auto"
 LOCAL_DIR = "local-dir:"
 HF_HUB = "hf-hub:"
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str, *args: object) -> None:
+    """Each extractor built in a process would say it again (routing, then training, then ...)."""
+    text = message % args
+    if text not in _warned:
+        _warned.add(text)
+        log.warning(text)
+
+
+def _said_already(record: logging.LogRecord) -> bool:
+    # open_clip's own notice of random weights; coe has said so, with what to do about it.
+    return not record.getMessage().startswith("No pretrained weights loaded for model")
+
+
+class ClipWeightsNotFoundError(UserError, FileNotFoundError):
+    pass
 
 
 class ClipSpec(BaseModel):
@@ -63,7 +84,7 @@ class ClipFeatureExtractor:
 
             cached = cached_open_clip_checkpoint(open_clip.get_pretrained_cfg(spec.backbone, spec.hub_tag))
             if cached is None:
-                log.warning(
+                _warn_once(
                     "CLIP weights %s/%s are not in the hub cache and coe does not download by itself: "
                     "using RANDOM weights (every output is marked random_weights). Set features.weights "
                     "to a file, local-dir:PATH or a tag to download.",
@@ -78,7 +99,7 @@ class ClipFeatureExtractor:
         if weights.startswith(LOCAL_DIR):
             folder = Path(weights.removeprefix(LOCAL_DIR)).expanduser()
             if not folder.is_dir():
-                raise FileNotFoundError(f"features.weights: folder {folder} does not exist")
+                raise ClipWeightsNotFoundError(f"features.weights: folder {folder} does not exist")
             files = sorted(p for p in folder.iterdir() if p.suffix in {".json", ".bin", ".safetensors", ".pth"})
             digest = hashlib.sha256("".join(_file_digest(p) for p in files).encode()).hexdigest()[:16]
             return f"{LOCAL_DIR}{folder}", None, False, f"local-{digest}"
@@ -87,7 +108,7 @@ class ClipFeatureExtractor:
         path = Path(weights).expanduser()
         if path.suffix in {".bin", ".safetensors", ".pt", ".pth"}:
             if not path.is_file():
-                raise FileNotFoundError(f"features.weights: file {path} does not exist")
+                raise ClipWeightsNotFoundError(f"features.weights: file {path} does not exist")
             return spec.backbone, str(path), False, f"file-{_file_digest(path)}"
         return spec.backbone, weights, False, weights  # an open_clip pretrained tag
 
@@ -104,9 +125,14 @@ class ClipFeatureExtractor:
 
         if self.random_weights:
             torch.manual_seed(self.spec.seed)  # random weights must be the same in every process
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            self.model_name, pretrained=self.pretrained, device=self.spec.device
-        )
+        root = logging.getLogger()
+        root.addFilter(_said_already)
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                self.model_name, pretrained=self.pretrained, device=self.spec.device
+            )
+        finally:
+            root.removeFilter(_said_already)
         model.eval()
         return model, preprocess
 

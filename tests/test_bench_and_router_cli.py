@@ -19,8 +19,8 @@ from PIL import Image
 
 from benchmarks.outcomes import OUTCOME_COLUMNS, read_outcomes
 from benchmarks.runner import METRICS_FILE, OUTCOMES_FILE, PARTS_DIR
-from coe.defaults import DEFAULT_OUTCOMES, DEFAULT_SPLIT
-from router.artifact import read_router_meta
+from coe.defaults import DEFAULT_OUTCOMES, DEFAULT_ROUTER, DEFAULT_SPLIT
+from router.artifact import read_router_meta, read_training_samples
 
 COE = [sys.executable, "-m", "coe"]
 
@@ -148,6 +148,7 @@ def test_router_train_eval_calibrate_and_route_with_the_new_artifact(tmp_path, t
     assert evaluation.returncode == 0, evaluation.stderr
     headline = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert headline["accuracy"] == pytest.approx(meta.metrics["accuracy"])  # same router, same held-out samples
+    assert headline["training_samples_left_out"] == 0 and "left out" not in flat(evaluation.stdout)
     with Image.open(tmp_path / "eval" / "cost_accuracy.png") as png:
         assert png.size[0] > 300 and len(np.unique(np.asarray(png.convert("L")))) > 10
 
@@ -156,6 +157,10 @@ def test_router_train_eval_calibrate_and_route_with_the_new_artifact(tmp_path, t
     calibrated = run("router", "calibrate", routers, "--outcomes", default_outcomes, "--budget", budget,
                      "--split", "router_train", "--no-progress", *settings(trained_config))
     assert calibrated.returncode == 0, calibrated.stderr
+    reference = len(read_training_samples(routers).keys)  # router_train is the training side
+    assert f"{reference} of {reference} reference sample(s) show images the router was trained on" in flat(
+        calibrated.stderr
+    )
     achieved = float(flat(calibrated.stderr).split("mean cost ")[1].split()[0])
     assert achieved <= budget and read_router_meta(routers).budget == budget and read_router_meta(routers).version == 3
 
@@ -166,6 +171,48 @@ def test_router_train_eval_calibrate_and_route_with_the_new_artifact(tmp_path, t
     assert all(row["routing"]["level"] == level and row["routing"]["router_id"].endswith("/v3") for row in rows)
     if level == "subject":
         assert all(row["routing"]["subject"] for row in rows)
+
+
+def test_router_eval_leaves_out_the_images_the_router_was_trained_on(tmp_path, trained_config, default_outcomes):
+    """The README's sequence: a router holding out a share of images by hash, judged on `--split test`."""
+    routers = tmp_path / "hashed"
+    trained = run("router", "train", default_outcomes, "--out", routers, "--no-progress", *settings(trained_config))
+    assert trained.returncode == 0, trained.stderr
+    training_ids = read_training_samples(routers).image_ids
+    outcomes = read_outcomes([default_outcomes])
+    test_ids = set(outcomes.loc[outcomes["split"] == "test", "image_id"])
+    seen, unseen = test_ids & training_ids, test_ids - training_ids
+    assert seen and unseen  # the hash share puts test images on both sides
+
+    evaluation = ["router", "eval", routers, "--outcomes", default_outcomes, "--split", "test", "--no-progress",
+                  *settings(trained_config)]
+    held_out = run(*evaluation, "--out", tmp_path / "held-out")
+    assert held_out.returncode == 0, held_out.stderr
+    headline = json.loads((tmp_path / "held-out" / "evaluation.json").read_text())
+    assert headline["n_images"] == len(unseen) and headline["training_samples_left_out"] == len(seen)
+    assert f"{len(seen)} sample(s) left out: their images trained the router" in flat(held_out.stdout)
+    assert f"({len(unseen)} images)" in flat(held_out.stdout)
+    with_training = run(*evaluation, "--out", tmp_path / "all", "--include-training")
+    assert with_training.returncode == 0, with_training.stderr
+    everything = json.loads((tmp_path / "all" / "evaluation.json").read_text())
+    assert everything["n_images"] == len(test_ids) and everything["training_samples_judged"] == len(seen)
+    assert f"{len(seen)} of these {len(test_ids)} samples show images the router was trained on" in flat(
+        with_training.stdout
+    )
+    sides = pd.read_csv(tmp_path / "all" / "by_router_side.csv", index_col="router_side")
+    assert sides.loc["held out", "n"] == len(unseen) and sides.loc["trained on", "n"] == len(seen)
+    assert sides.loc["held out", "routed"] == pytest.approx(headline["accuracy"])
+
+
+def test_router_eval_on_nothing_but_training_images_says_what_to_do(tmp_path, trained_config, default_outcomes):
+    result = run("router", "eval", trained_config.home / DEFAULT_ROUTER, "--outcomes", default_outcomes, "--split",
+                 "router_train", "--out", tmp_path / "eval", "--no-progress", *settings(trained_config))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    message = flat(result.stderr)
+    n_train = read_router_meta(trained_config.home / DEFAULT_ROUTER).n_train
+    assert f"all {n_train} samples to judge show images router" in message
+    assert "--split test" in message and "--include-training" in message
+    assert not (tmp_path / "eval").exists()
 
 
 def test_out_of_distribution_split_is_reported_as_such(tmp_path, trained_config, default_outcomes):

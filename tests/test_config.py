@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from coe.config import ConfigError, load_config, load_expert_cards, parse_override
+from coe.config import SHIPPED_CARDS, ConfigError, load_config, load_expert_cards, parse_override
 
 
 def test_defaults_load_and_every_default_expert_has_a_valid_card():
@@ -64,5 +64,19 @@ def test_expert_cards_are_validated_with_the_card_file_named(tmp_path):
     assert f"{tmp_path / 'broken.yaml'}: threshhold: unknown key" in message
     assert f"{tmp_path / 'broken.yaml'}: cost: Input should be greater than or equal to 0" in message
     config = load_config(overrides=[f"experts_dir={tmp_path}", "experts=[absent]", "features.descriptors=[]"])
-    with pytest.raises(ConfigError, match="absent.yaml does not exist; available cards: \\['broken'\\]"):
+    with pytest.raises(ConfigError, match="no card absent.yaml is in .* available cards: \\[.*'broken', 'dct'"):
         load_expert_cards(config)
+
+
+def test_a_users_card_wins_over_the_shipped_one_and_the_others_stay_available(tmp_path):
+    mine = tmp_path / "cards"
+    mine.mkdir()
+    (mine / "dct.yaml").write_text("name: dct\nfamily: dct\nversion: mine\ncost: 3\n")
+    (tmp_path / "coe.yaml").write_text("experts_dir: cards\n")  # relative to this file, not to the working folder
+    config = load_config(tmp_path / "coe.yaml")
+    assert config.experts_dir == mine
+    cards = load_expert_cards(config)
+    assert cards["dct"].version == "mine"
+    assert cards["spectrum"] == load_expert_cards(load_config())["spectrum"]
+    assert config.card_files()["dct"] == mine / "dct.yaml"
+    assert config.card_files()["legion"].parent == SHIPPED_CARDS

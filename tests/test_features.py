@@ -52,9 +52,14 @@ def test_random_weights_are_marked_and_reproducible():
 def test_auto_without_a_hub_cache_falls_back_to_marked_random_weights(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
+    monkeypatch.setattr("router.features._warned", set())
     extractor = ClipFeatureExtractor(ClipSpec(backbone="ViT-S-32", weights="auto"))
     assert extractor.random_weights and extractor.extractor_id.endswith("random-seed0")
-    assert "RANDOM weights" in caplog.text
+    # Said once per process, however many extractors a command builds (routing, then training...),
+    # and open_clip's own notice of random weights is not said again after it.
+    ClipFeatureExtractor(ClipSpec(backbone="ViT-S-32", weights="auto")).embed(images(1))
+    assert caplog.text.count("RANDOM weights") == 1
+    assert "No pretrained weights loaded" not in caplog.text
 
 
 def test_missing_local_weights_are_a_clear_error(tmp_path):

@@ -308,3 +308,33 @@ def test_missing_file_and_folder(tmp_path: Path) -> None:
 def test_decode_limits_reject_unknown_fields() -> None:
     with pytest.raises(ValidationError):
         DecodeLimits(max_pixel=10)
+
+
+def test_a_png_whose_text_is_over_pillows_limit_is_decoded_without_its_text() -> None:
+    from PIL import PngImagePlugin
+
+    metadata = PngImagePlugin.PngInfo()
+    metadata.add_text("comment", "x" * (PngImagePlugin.MAX_TEXT_CHUNK + 1), zip=True)
+    metadata.add_text("short", "left out too, with the rest of the text")
+    data = encode(photo(), "PNG", pnginfo=metadata)
+    pixels = np.asarray(photo())
+    decoded = decode_image_bytes(data, "text.png")
+    assert np.array_equal(decoded.pixels, pixels)
+    assert decoded.record.size_bytes == len(data) and decoded.record.id == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("data", "named", "tool"),
+    [
+        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64), "HEIC/HEIF", "heif-convert"),
+        (b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf" + bytes(64), "AVIF", "avifdec"),
+        (b"\xff\x0a\xfa\x7f" + bytes(64), "JPEG XL", "djxl"),
+        (b"\x00\x00\x00\x0cJXL \r\n\x87\n" + bytes(64), "JPEG XL", "djxl"),
+        (b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64"/>', "SVG", "rsvg"),
+        (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n" + bytes(64), "PDF", "pdftoppm"),
+    ],
+)
+def test_formats_people_send_are_named_with_how_to_convert_them(data: bytes, named: str, tool: str) -> None:
+    error = decode_error(data)
+    assert error.error.code == ErrorCode.UNSUPPORTED_FORMAT
+    assert named in error.error.message and tool in error.error.message and "convert it to PNG or JPEG" in error.error.message

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from coe.core.records import ErrorCode
-from coe.ingest import IngestItem, discover, read_manifest
+from coe.ingest import IngestItem, ManifestError, discover, read_manifest
 from tests.bad_files import make_mixed_folder
 
 
@@ -168,19 +168,46 @@ def test_manifest_meta_joins_an_item_found_earlier(in_tmp: Path) -> None:
         ("nopath.csv", "file,label\na.jpg,real\n", "no 'path' column"),
         ("empty.csv", "", "no 'path' column"),
         ("list.txt", "path\na.jpg\n", "unknown type"),
-        ("latin1.csv", b"path\n\xe9t\xe9.jpg\n", "cannot read manifest"),
     ],
 )
-def test_unusable_manifest_is_a_value_error_naming_it(
+def test_unusable_manifest_is_a_manifest_error_naming_it(
     in_tmp: Path, name: str, content: str | bytes | None, complaint: str
 ) -> None:
     if isinstance(content, str):
         (in_tmp / name).write_text(content)
     elif isinstance(content, bytes):
         (in_tmp / name).write_bytes(content)
-    with pytest.raises(ValueError, match=complaint) as raised:
+    with pytest.raises(ManifestError, match=complaint) as raised:
         discover([], [name])
     assert name in str(raised.value)
+
+
+def test_manifest_cells_are_taken_as_written(in_tmp: Path) -> None:
+    """Spaces belong to a file name; bytes that are not UTF-8 cost their row at most (here they are
+    a file name that is not UTF-8, which exists); a path that is not text is a bad row."""
+    spaced = touch(in_tmp / " spaced .jpg")
+    latin = touch(Path(os.fsdecode(bytes(in_tmp) + b"/\xe9t\xe9.jpg")))
+    (in_tmp / "cells.csv").write_bytes(b"path,label\n spaced .jpg,real\n\xe9t\xe9.jpg,fake\nok.jpg,real\n")
+    items = discover([], ["cells.csv"])
+    assert [item.path for item in items] == [" spaced .jpg", os.fsdecode(b"\xe9t\xe9.jpg"), "ok.jpg"]
+    assert [Path(item.path).resolve() for item in items[:2]] == [spaced.resolve(), latin.resolve()]
+    rows = [
+        json.dumps({"path": 5}),
+        json.dumps({"path": ["a.jpg"]}),
+        '{"path": "lone \\ud800 surrogate.jpg"}',
+        '{"path": "nul\\u0000.jpg"}',
+        '{"path": "\\udcffcat.jpg", "label": "fake"}',
+        json.dumps({"path": ""}),
+    ]
+    (in_tmp / "cells.jsonl").write_text("\n".join(rows) + "\n")
+    items = discover([], ["cells.jsonl"])
+    bad = [item.error.message for item in items if item.error is not None]
+    assert len(bad) == 5 and all(item.error.code == ErrorCode.BAD_MANIFEST_ROW for item in items if item.error)
+    assert "the path must be text, got 5" in bad[0] and "got [\"a.jpg\"]" in bad[1]
+    assert "lone \\ud800 surrogate.jpg" in bad[2] and "not a file name" in bad[2] and "not a file name" in bad[3]
+    assert "no path" in bad[4]
+    good = [item for item in items if item.error is None]
+    assert [(os.fsencode(item.path), item.meta) for item in good] == [(b"\xffcat.jpg", {"label": "fake"})]
 
 
 def test_mixed_folder_is_discovered_exactly(tmp_path: Path) -> None:

@@ -139,4 +139,4 @@ def test_a_localiser_that_cannot_localise_is_refused(tmp_path, trained_config):
         f"home={trained_config.home}", f"features.weights={trained_config.features.weights}", "localize.expert=dct",
     ])
     with pytest.raises(PipelineError, match="'dct' \\(dct\\) does not localise"):
-        route(config, [tmp_path], tmp_path / "out", show_progress=False)
+        route(config, [trained_config.home / "benchmarks/builtin/real"], tmp_path / "out", show_progress=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +126,21 @@ def router_meta(**changes) -> RouterMeta:
         expert_costs=dict(zip(EXPERTS, [2.0, 2.0, 1.0], strict=True)), training_data_hash="0" * 64, n_train=100,
     )
     return RouterMeta(**{**fields, **changes})
+
+
+def page_text(report: Path) -> str:
+    return " ".join(re.sub(r"<[^>]+>", " ", report.read_text()).split())
+
+
+def test_router_page_says_how_many_training_samples_it_left_out_or_judged(tmp_path):
+    held_out = replace(toy_evaluation(), training_samples_left_out=150)
+    text = page_text(write_router_report(held_out, tmp_path / "held-out", "toy", {}, router_meta()))
+    assert "150 samples left out: their images trained the router" in text and "optimistic" not in text
+    mixed = replace(toy_evaluation(), training_samples_judged=40)
+    text = page_text(write_router_report(mixed, tmp_path / "mixed", "toy", {}, router_meta()))
+    assert "0 samples left out" in text
+    assert "40 of these samples show images the router was trained on: the figures below are optimistic" in text
+    assert "accuracy per router_side sets them apart" in text
 
 
 def open_report(page, path: Path, screenshot: Path):

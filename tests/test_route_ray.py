@@ -1,16 +1,19 @@
-"""`coe route --ray`: the same run on Ray workers (a local cluster bound to 127.0.0.1) gives the
+"""`coe route --ray`: the same run on Ray workers (a local cluster on loopback only) gives the
 same verdicts as a local run, path for path, duplicates and bad files included, and resumes."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from bad_files import TEST_LIMITS, make_mixed_folder
+from ray_sockets import assert_ray_listens_on_loopback_only
 from coe.config import load_config
 from coe.ledger import LEDGER_FILE
 from coe.pipeline import route
@@ -36,13 +39,10 @@ def comparable(out: Path) -> dict[str, tuple]:
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    import ray
+    from coe.ray_route import ray_session
 
-    from coe.ray_route import start_ray
-
-    start_ray("local")
-    yield ray
-    ray.shutdown()
+    with ray_session("local"):
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +75,10 @@ def test_ray_and_local_runs_give_the_same_verdicts_and_a_ray_run_resumes(
     assert len(ledger.read_text().splitlines()) == len(lines)
 
 
+def test_the_cluster_listens_on_loopback_only(ray_cluster):
+    assert_ray_listens_on_loopback_only()
+
+
 def test_the_cli_runs_on_a_cluster_it_starts_itself(tmp_path, trained_config, mixed_folder):
     out = tmp_path / "cli"
     command = [
@@ -82,8 +86,13 @@ def test_the_cli_runs_on_a_cluster_it_starts_itself(tmp_path, trained_config, mi
         "--set", f"home={trained_config.home}", "--set", f"features.weights={trained_config.features.weights}",
         *(item for setting in SETTINGS for item in ("--set", setting)),
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    # A TMPDIR of its own, short: Ray's socket paths under it must stay under 108 bytes.
+    with tempfile.TemporaryDirectory(prefix="coe-t-") as temp_root:
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=300, env={**os.environ, "TMPDIR": temp_root}
+        )
+        assert result.returncode == 0, result.stderr
+        assert os.listdir(temp_root) == []  # the cluster's session files went with it
     local = tmp_path / "local"
     route(load_config(overrides=[
         f"home={trained_config.home}", f"features.weights={trained_config.features.weights}", *SETTINGS,

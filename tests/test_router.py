@@ -3,12 +3,24 @@ the wrong setting."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
 import pytest
 
-from router.artifact import RouterMeta, RouterMismatchError, load_router, read_router_meta, save_router
+from router.artifact import (
+    META_FILE,
+    TRAINING_SAMPLES_FILE,
+    RouterMeta,
+    RouterMismatchError,
+    TrainingSamples,
+    has_readable_artifact,
+    load_router,
+    read_router_meta,
+    read_training_samples,
+    save_router,
+)
 from router.calibration import PlattCalibration
 from router.query import QueryRouter
 from router.subject import SubjectRouter
@@ -81,11 +93,14 @@ def test_platt_calibration_fixes_an_overconfident_expert():
     assert PlattCalibration.fit(claimed, np.ones(4000)).apply(0.8) == pytest.approx(0.8)
 
 
+TRAINING = TrainingSamples.of(["f" * 64, "e" * 64, "f" * 64], ["none", "none", "jpeg:75"])
+
+
 def meta(**changes) -> RouterMeta:
     fields = dict(
         router_id="query-logreg-test", level="query", model="logreg", extractor_id="open_clip/x/1", feature_dim=4,
         random_weights=False, experts={"a": "1:aa", "b": "1:bb", "c": "1:cc"},
-        expert_costs={"a": 1.0, "b": 1.0, "c": 1.0}, training_data_hash="0" * 64, n_train=600,
+        expert_costs={"a": 1.0, "b": 1.0, "c": 1.0}, training_data_hash=TRAINING.digest, n_train=len(TRAINING.keys),
     )
     return RouterMeta(**{**fields, **changes})
 
@@ -93,7 +108,8 @@ def meta(**changes) -> RouterMeta:
 def test_artifact_round_trip_and_refusals(tmp_path):
     features, correct = outcomes()
     router = QueryRouter().fit(features, correct, EXPERTS, [1.0, 1.0, 1.0])
-    assert save_router(tmp_path / "r", router, meta(metrics={"routed.accuracy": 0.9})) == tmp_path / "r" / "v1"
+    saved = save_router(tmp_path / "r", router, meta(metrics={"routed.accuracy": 0.9}), TRAINING)
+    assert saved == tmp_path / "r" / "v1"
     identities = {"a": "1:aa", "b": "1:bb", "c": "1:cc"}
     loaded, loaded_meta = load_router(tmp_path / "r", "open_clip/x/1", identities)
     assert np.array_equal(loaded.choose(features), router.choose(features))
@@ -113,8 +129,9 @@ def test_each_save_is_a_new_version_and_the_folder_loads_the_latest(tmp_path):
     identities = {"a": "1:aa", "b": "1:bb", "c": "1:cc"}
     first = QueryRouter().fit(features, correct, EXPERTS, [1.0, 1.0, 1.0])
     thrifty = QueryRouter(cost_weight=5.0).fit(features, correct, EXPERTS, [1.0, 1.0, 0.1])
-    save_router(tmp_path / "r", first, meta())
-    assert save_router(tmp_path / "r" / "v1", thrifty, meta()) == tmp_path / "r" / "v2"  # a version folder: beside it
+    save_router(tmp_path / "r", first, meta(), TRAINING)
+    beside = save_router(tmp_path / "r" / "v1", thrifty, meta(), TRAINING)
+    assert beside == tmp_path / "r" / "v2"  # a version folder: beside it
     latest, latest_meta = load_router(tmp_path / "r", "open_clip/x/1", identities)
     assert latest_meta.version == 2 and latest.cost_weight == 5.0
     old, old_meta = load_router(tmp_path / "r" / "v1", "open_clip/x/1", identities)
@@ -166,10 +183,8 @@ def test_subject_router_cost_weight_and_abstention():
 
 
 def test_an_artifact_of_an_older_format_is_refused_with_what_to_do(tmp_path):
-    from router.artifact import META_FILE, has_readable_artifact
-
     features, correct = outcomes()
-    folder = save_router(tmp_path / "r", QueryRouter().fit(features, correct, EXPERTS, [1.0] * 3), meta())
+    folder = save_router(tmp_path / "r", QueryRouter().fit(features, correct, EXPERTS, [1.0] * 3), meta(), TRAINING)
     assert has_readable_artifact(tmp_path / "r")
     old = json.loads((folder / META_FILE).read_text())
     del old["model"]
@@ -178,3 +193,35 @@ def test_an_artifact_of_an_older_format_is_refused_with_what_to_do(tmp_path):
     assert not has_readable_artifact(tmp_path / "r") and not has_readable_artifact(tmp_path / "nothing")
     with pytest.raises(RouterMismatchError, match="older format, or damaged.*coe router train"):
         load_router(tmp_path / "r", "open_clip/x/1", {"a": "1:aa", "b": "1:bb", "c": "1:cc"})
+
+
+def test_a_format_2_artifact_which_cannot_say_what_it_trained_on_is_refused(tmp_path):
+    """What the coe before training lists wrote: every field valid, format 2, no training samples."""
+    features, correct = outcomes()
+    folder = save_router(tmp_path / "r", QueryRouter().fit(features, correct, EXPERTS, [1.0] * 3), meta(), TRAINING)
+    (folder / TRAINING_SAMPLES_FILE).unlink()
+    old = json.loads((folder / META_FILE).read_text())
+    old["format_version"] = 2
+    (folder / META_FILE).write_text(json.dumps(old))
+    assert not has_readable_artifact(tmp_path / "r")  # so the default router is rebuilt on first use
+    with pytest.raises(RouterMismatchError, match="format 2; this coe reads format 3.*training samples"):
+        read_router_meta(tmp_path / "r")
+
+
+def test_an_artifact_lists_its_training_samples_under_its_training_data_hash(tmp_path):
+    features, correct = outcomes()
+    router = QueryRouter().fit(features, correct, EXPERTS, [1.0] * 3)
+    folder = save_router(tmp_path / "r", router, meta(), TRAINING)
+    listed = read_training_samples(tmp_path / "r")
+    assert listed == TRAINING and listed.keys == tuple(sorted(listed.keys)) and len(listed.keys) == 3
+    assert listed.image_ids == {"f" * 64, "e" * 64}  # an image is one, whatever its perturbations
+    assert (folder / TRAINING_SAMPLES_FILE).read_text() == f"{'e' * 64}|none\n{'f' * 64}|jpeg:75\n{'f' * 64}|none"
+    listing = hashlib.sha256((folder / TRAINING_SAMPLES_FILE).read_bytes()).hexdigest()
+    assert read_router_meta(folder).training_data_hash == listing
+
+    (folder / TRAINING_SAMPLES_FILE).write_text(f"{'e' * 64}|none")  # an image dropped from the list
+    with pytest.raises(RouterMismatchError, match="damaged.*not the training_data_hash"):
+        read_training_samples(folder)
+    (folder / TRAINING_SAMPLES_FILE).unlink()
+    with pytest.raises(RouterMismatchError, match=f"damaged.*no {TRAINING_SAMPLES_FILE}"):
+        read_training_samples(folder)

@@ -1,9 +1,11 @@
-"""`coe serve`: the application deployed once on a real one-machine Ray cluster bound to 127.0.0.1,
-asked over real HTTP, and compared with the in-process pipeline on the same bytes."""
+"""`coe serve`: the application deployed once on a real one-machine Ray cluster on loopback only
+(started as `coe serve` starts it), asked over real HTTP, and compared with the in-process pipeline
+on the same bytes."""
 
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import os
@@ -11,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -23,13 +26,25 @@ from coe.config import CONFIG_DIR
 from coe.core.imaging import decode_image_bytes
 from coe.core.records import Artifact, ExpertOutput, Verdict
 from coe.pipeline import RoutePipeline
-from coe.serve import ServeArgs, ServeSettings, build_application, served_masks, load_serve_args
+from coe.ray_route import ray_session
+from coe.serve import (
+    Gatekeeper,
+    ServeArgs,
+    ServeError,
+    ServeSettings,
+    bound_settings,
+    build_application,
+    load_serve_args,
+    served_masks,
+)
 from tests.bad_files import TEST_LIMITS, flat_bilevel_png
 from tests.conftest import tiny_config
+from tests.ray_sockets import assert_ray_listens_on_loopback_only
 
 API_KEY = "test-key"
 AUTH = {"X-API-Key": API_KEY}
 MAX_UPLOAD_BYTES = 1_000_000
+MAX_BUFFERED_BYTES = 1_500_000  # one upload near the limit fits, two do not
 LIMIT_OVERRIDES = (
     f"ingest.max_file_bytes={TEST_LIMITS.max_file_bytes}",
     f"ingest.max_pixels={TEST_LIMITS.max_pixels}",
@@ -60,36 +75,30 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served(trained_home, tiny_clip):
-    """The application on a 2-CPU Ray cluster bound to 127.0.0.1, requiring an API key; Serve and
-    Ray are shut down whatever happens."""
-    import ray
+    """The application on a 2-CPU Ray cluster started as `coe serve` starts it, requiring an API
+    key; Serve and Ray are shut down whatever happens."""
     from ray import serve
 
     saved = os.environ.get("RAY_ENABLE_AUTO_CONNECT")
-    os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"
     config = tiny_config(trained_home, tiny_clip, *LIMIT_OVERRIDES)
     settings = ServeSettings(
         port=free_port(),
         api_keys=[API_KEY],
         require_api_key=True,
         max_upload_bytes=MAX_UPLOAD_BYTES,
+        max_buffered_bytes=MAX_BUFFERED_BYTES,
         max_images_per_request=16,
         request_timeout_s=60,
     )
-    ray.init(
-        address="local",
-        num_cpus=2,
-        _node_ip_address="127.0.0.1",
-        include_dashboard=False,
-        log_to_driver=False,
-    )
     try:
-        serve.start(http_options={"host": settings.host, "port": settings.port})
-        serve.run(build_application(config, settings), name="coe", route_prefix="/")
-        yield f"http://127.0.0.1:{settings.port}"
+        with ray_session("local", num_cpus=2):
+            try:
+                serve.start(http_options={"host": settings.host, "port": settings.port})
+                serve.run(build_application(config, settings), name="coe", route_prefix="/")
+                yield f"http://127.0.0.1:{settings.port}"
+            finally:
+                serve.shutdown()
     finally:
-        serve.shutdown()
-        ray.shutdown()
         if saved is None:
             os.environ.pop("RAY_ENABLE_AUTO_CONNECT", None)
         else:
@@ -264,16 +273,135 @@ def test_masks_become_png_data_urls():
 
 def test_settings_require_a_key_off_loopback_and_read_the_serve_config(monkeypatch):
     monkeypatch.delenv("COE_API_KEYS", raising=False)
-    with pytest.raises(ValueError, match="API key is required"):
-        ServeSettings(host="0.0.0.0")
-    assert not ServeSettings().api_key_required
+    with pytest.raises(ServeError) as refused:
+        ServeSettings(host="0.0.0.0").check_api_key()
+    assert str(refused.value) == (
+        "refusing to serve on '0.0.0.0' without an API key (require_api_key: auto): set serve.api_keys or "
+        "COE_API_KEYS, or bind a loopback address"
+    )
+    for loopback in ("127.0.0.1", "localhost", "::1", "::ffff:127.0.0.1"):
+        assert not ServeSettings(host=loopback).api_key_required, loopback
+    ServeSettings().check_api_key()
     monkeypatch.setenv("COE_API_KEYS", "key-alpha, key-beta")
     settings = ServeSettings(host="0.0.0.0")
     assert settings.api_key_required
+    settings.check_api_key()
     assert [key.get_secret_value() for key in settings.api_keys] == ["key-alpha", "key-beta"]
     assert "key-alpha" not in repr(settings)
+    with pytest.raises(ValueError, match="max_buffered_bytes must be at least max_upload_bytes"):
+        ServeSettings(max_upload_bytes=2_000, max_buffered_bytes=1_000)
     args = load_serve_args(CONFIG_DIR / "serve.yaml")
     assert isinstance(args, ServeArgs) and args.serve.max_ongoing_requests >= 100
+    assert (args.serve.host, args.serve.port) == ("127.0.0.1", 8000)
+    given = load_serve_args(CONFIG_DIR / "serve.yaml", host="::1", port=9001)
+    assert (given.serve.host, given.serve.port) == ("::1", 9001)
+
+
+def test_the_builder_takes_the_host_serve_binds_not_its_args(served, monkeypatch):
+    """Whoever started Serve chose the address; the args' host is only what the file said. The
+    refusal off loopback is tested with Serve binding 0.0.0.0 in test_serve_run.py."""
+    monkeypatch.delenv("COE_API_KEYS", raising=False)
+    assert bound_settings(ServeSettings(host="0.0.0.0")).host == "127.0.0.1"
+
+
+def test_a_request_that_reached_a_non_loopback_address_needs_a_key(monkeypatch):
+    """Defense in depth, per request, from the ASGI scope's server address: settings that believe
+    the endpoint is on loopback do not open it where a request arrived elsewhere."""
+    import asyncio
+
+    from starlette.responses import PlainTextResponse
+
+    monkeypatch.delenv("COE_API_KEYS", raising=False)
+    gate = Gatekeeper(PlainTextResponse("answered"), ServeSettings(host="127.0.0.1"))
+
+    def status(server: tuple[str, int] | None, path: str = "/v1/experts") -> int:
+        scope = {"type": "http", "method": "GET", "path": path, "headers": [], "query_string": b"", "server": server}
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        # In a thread of its own: a test before this one (Playwright's) may leave a loop running here.
+        with ThreadPoolExecutor(1) as thread:
+            thread.submit(asyncio.run, gate(scope, receive, send)).result()
+        return sent[0]["status"]
+
+    assert status(("127.0.0.1", 8000)) == status(("::ffff:127.0.0.1", 8000)) == 200
+    assert status(("192.0.2.10", 8000)) == status(None) == 401
+    assert status(("192.0.2.10", 8000), "/healthz") == 200
+
+
+def test_every_port_of_the_cluster_listens_on_loopback_only(served):
+    """Whoever reaches Ray's ports can run code on the cluster: the cluster coe starts (GCS, raylet,
+    agents, the workers with Serve's proxy and replicas, and this driver) listens on loopback alone."""
+    assert_ray_listens_on_loopback_only()
+
+
+def test_interactive_docs_are_off_and_the_openapi_description_is_open(served):
+    for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+        with_key = requests.get(f"{served}{path}", headers=AUTH, timeout=10)
+        assert with_key.status_code == 404 and with_key.json()["error"]["code"] == "not_found", path
+        assert requests.get(f"{served}{path}", timeout=10).status_code == 401, path
+    description = requests.get(f"{served}/openapi.json", timeout=10)
+    assert description.status_code == 200 and "/v1/analyze" in description.json()["paths"]
+
+
+def multipart(name: str, size: int) -> tuple[bytes, str]:
+    boundary = "coe-test-boundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    return head + bytes(size) + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_uploads_in_flight_are_bounded_together(served):
+    """One upload is held half sent; while its bytes are reserved, an upload that fits alone but not
+    beside it is answered 503 busy, declared or streamed, and passes once the first is answered."""
+    held_body, content_type = multipart("held.bin", 900_000)
+    probe_body, _ = multipart("probe.bin", 700_000)  # 900_000 + 700_000 > MAX_BUFFERED_BYTES
+
+    def probe() -> requests.Response:
+        return requests.post(
+            f"{served}/v1/analyze?masks=none", data=probe_body, timeout=60, headers={**AUTH, "Content-Type": content_type}
+        )
+
+    assert probe().status_code == 200  # alone, it fits
+    held = http.client.HTTPConnection("127.0.0.1", int(served.rsplit(":", 1)[1]), timeout=60)
+    try:
+        held.putrequest("POST", "/v1/analyze?masks=none")
+        for header, value in {**AUTH, "Content-Type": content_type, "Content-Length": str(len(held_body))}.items():
+            held.putheader(header, value)
+        held.endheaders()
+        held.send(held_body[:4096])
+        time.sleep(1)  # for the held request to reach the ingress before the first probe
+        deadline = time.monotonic() + 30
+        while (busy := probe()).status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert busy.status_code == 503, busy.text
+        assert busy.json()["error"]["code"] == "busy"
+
+        def streamed():  # no Content-Length: counted against the budget as it streams in
+            for start in range(0, len(probe_body), 65536):
+                yield probe_body[start : start + 65536]
+
+        chunked = requests.post(
+            f"{served}/v1/analyze?masks=none", data=streamed(), timeout=60, headers={**AUTH, "Content-Type": content_type}
+        )
+        assert chunked.status_code == 503 and chunked.json()["error"]["code"] == "busy", chunked.text
+        held.send(held_body[4096:])
+        answer = held.getresponse()
+        assert answer.status == 200
+        assert [verdict["path"] for verdict in json.loads(answer.read())["verdicts"]] == ["held.bin"]
+    finally:
+        held.close()
+    deadline = time.monotonic() + 10  # the held request's bytes are released once it is answered
+    while (after := probe()).status_code == 503 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert after.status_code == 200, after.text
 
 
 def test_load_benchmark_runs_end_to_end(tmp_path, trained_home, tiny_clip):

@@ -85,6 +85,43 @@ def read_image(path: str | Path, limits: DecodeLimits = DecodeLimits()) -> Decod
 
 def decode_image_bytes(data: bytes, source: str, limits: DecodeLimits = DecodeLimits()) -> DecodedImage:
     """Decode an image held in memory; `source` names it in the record and in error messages."""
+    try:
+        return _decode(data, data, source, limits)
+    except _TextChunksTooLarge:
+        # Pillow refuses PNG text past its memory limits (a guard against zlib bombs); the text is
+        # metadata, so the pixels are decoded without it. The record still describes the file.
+        return _decode(data, _without_png_text(data), source, limits)
+
+
+class _TextChunksTooLarge(Exception):
+    pass
+
+
+def _raise_if_text_too_large(exc: BaseException) -> None:
+    if isinstance(exc, ValueError) and ("MAX_TEXT_CHUNK" in str(exc) or "MAX_TEXT_MEMORY" in str(exc)):
+        raise _TextChunksTooLarge from exc
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_TEXT_CHUNKS = {b"tEXt", b"zTXt", b"iTXt"}
+
+
+def _without_png_text(data: bytes) -> bytes:
+    """The PNG with its text chunks left out (every other chunk, CRC and all, as it was)."""
+    kept = [data[: len(PNG_SIGNATURE)]]
+    position = len(PNG_SIGNATURE)
+    while position + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[position : position + 8])
+        end = position + 12 + length
+        if kind not in PNG_TEXT_CHUNKS:
+            kept.append(data[position:end])
+        position = end
+    kept.append(data[position:])
+    return b"".join(kept)
+
+
+def _decode(data: bytes, image_data: bytes, source: str, limits: DecodeLimits) -> DecodedImage:
+    """`data` is the file, `image_data` what Pillow decodes (the same, or the file less its text)."""
     if not data:
         raise ImageDecodeError(ErrorCode.EMPTY_FILE, f"{source}: the file is empty")
     if len(data) > limits.max_file_bytes:
@@ -100,7 +137,7 @@ def decode_image_bytes(data: bytes, source: str, limits: DecodeLimits = DecodeLi
         # worst leave these two harmless filters installed.)
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with _open_image(data, source) as image:
+        with _open_image(image_data, source) as image:
             format_name = _REPORTED_FORMAT.get(image.format, image.format)
             _check_header(image, format_name, len(data), source, limits)
             _load_pixels(image, format_name, source)
@@ -167,7 +204,15 @@ def _open_image(data: bytes, source: str) -> Image.Image:
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(ErrorCode.DECOMPRESSION_BOMB, f"{source}: {exc}") from None
     except (UnidentifiedImageError, *_MALFORMED_INPUT_ERRORS) as exc:
+        _raise_if_text_too_large(exc)
         claimed_format = _format_by_signature(data)
+        other_format = _unsupported_by_signature(data) if claimed_format is None else None
+        if other_format is not None:
+            name, conversion = other_format
+            raise ImageDecodeError(
+                ErrorCode.UNSUPPORTED_FORMAT,
+                f"{source}: {name} is not a format coe decodes; convert it to PNG or JPEG first ({conversion})",
+            ) from None
         if claimed_format is None:
             raise ImageDecodeError(
                 ErrorCode.NOT_AN_IMAGE, f"{source}: not an image (no known image format recognised)"
@@ -191,6 +236,29 @@ def _format_by_signature(data: bytes) -> str | None:
         # A check may answer with a string (a "plugin missing" note), which is not a match.
         if accepts is not None and accepts(prefix) is True:
             return _REPORTED_FORMAT.get(format_name, format_name)
+    return None
+
+
+# Formats people send that Pillow here cannot read: what they are, and how to convert them.
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"}
+_AVIF_BRANDS = {b"avif", b"avis"}
+
+
+def _unsupported_by_signature(data: bytes) -> tuple[str, str] | None:
+    head = data[:1024]
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in _HEIF_BRANDS:
+            return "HEIC/HEIF", "e.g. `heif-convert photo.heic photo.jpg` from libheif"
+        if brand in _AVIF_BRANDS:
+            return "AVIF", "e.g. `avifdec photo.avif photo.png` from libavif"
+    if head.startswith(b"\xff\x0a") or head.startswith(b"\x00\x00\x00\x0cJXL \r\n\x87\n"):
+        return "JPEG XL", "e.g. `djxl photo.jxl photo.png` from libjxl"
+    if head.startswith(b"%PDF-"):
+        return "PDF", "render its pages to images, e.g. `pdftoppm -png file.pdf page` from poppler"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith((b"<svg", b"<?xml", b"<!doctype svg")) and b"<svg" in head.lower():
+        return "SVG", "rasterise it, e.g. `rsvg-convert -o image.png image.svg` from librsvg"
     return None
 
 
@@ -231,6 +299,7 @@ def _load_pixels(image: Image.Image, format_name: str, source: str) -> None:
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError(ErrorCode.DECOMPRESSION_BOMB, f"{source}: {exc}") from None
     except _MALFORMED_INPUT_ERRORS as exc:
+        _raise_if_text_too_large(exc)
         # Pillow says "image file is truncated" or "Truncated File Read" when data runs out.
         if "truncated" in str(exc).lower():
             raise ImageDecodeError(

@@ -5,14 +5,55 @@ results serialise to JSON and validate on the way back in (resume, HTTP, reports
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_serializer, model_validator
+
+from coe.core.names import exact_bytes, from_name_bytes, readable
+
+BYTES_SUFFIX = "_bytes"
+
+
+def _declare_exact_bytes(schema: dict[str, Any], model: type[Record]) -> None:
+    for key in model.file_paths:
+        schema["properties"][key + BYTES_SUFFIX] = {
+            "type": "string", "contentEncoding": "base64",
+            "description": f"the exact bytes of `{key}`, present when they are not valid UTF-8",
+        }
 
 
 class Record(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Text fields are written as valid Unicode whatever file names they mention (coe.core.names);
+    a field named in `file_paths` that is not valid UTF-8 is followed by `<field>_bytes`, its exact
+    bytes, from which reading the record back restores the path."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_declare_exact_bytes)
+    file_paths: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _valid_unicode(self, handler, info):
+        data = handler(self)
+        if not info.mode_is_json() or not isinstance(data, dict):
+            return data
+        if all(not isinstance(value, str) or readable(value) is value for value in data.values()):
+            return data
+        written = {}
+        for key, value in data.items():
+            written[key] = readable(value) if isinstance(value, str) else value
+            if key in self.file_paths and isinstance(value, str) and (exact := exact_bytes(value)):
+                written[key + BYTES_SUFFIX] = exact
+        return written
+
+    @model_validator(mode="before")
+    @classmethod
+    def _exact_paths(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(key + BYTES_SUFFIX in data for key in cls.file_paths):
+            data = dict(data)
+            for key in cls.file_paths:
+                if key + BYTES_SUFFIX in data:
+                    data[key] = from_name_bytes(data.pop(key + BYTES_SUFFIX))
+        return data
 
 
 class ErrorCode(StrEnum):
@@ -46,6 +87,7 @@ class ErrorInfo(Record):
 class ImageRecord(Record):
     """One decoded image. `id` is the sha256 of the file's bytes, so identical files share it."""
 
+    file_paths: ClassVar[tuple[str, ...]] = ("path",)
     id: str
     path: str
     width: int
@@ -138,6 +180,7 @@ class RoutingDecision(Record):
 class Verdict(Record):
     """One row of `coe route` output: one per input path, errors included."""
 
+    file_paths: ClassVar[tuple[str, ...]] = ("path", "duplicate_of")
     path: str
     image_id: str | None = None
     label: VerdictLabel | None = None

@@ -7,8 +7,10 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from coe.core.errors import UserError
 
-class RunMismatchError(ValueError):
+
+class RunMismatchError(UserError, ValueError):
     pass
 
 

@@ -19,6 +19,8 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
+from coe.core.names import readable
+
 ASSETS = files("coe.reports") / "templates"
 # What JSON may hold that HTML or a JS source could read as something else.
 _SCRIPT_UNSAFE = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
@@ -26,20 +28,23 @@ _SCRIPT_UNSAFE = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u
 
 def script_json(value: Any) -> str:
     """`value` as JSON that is safe inside a <script> element or a .js file: NaN and infinities
-    become null (JSON has neither), and <, >, & and the JS line separators are \\u escapes."""
-    text = json.dumps(_finite(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    become null (JSON has neither), text is valid Unicode (file names that are not UTF-8 spelled
+    readably), and <, >, & and the JS line separators are \\u escapes."""
+    text = json.dumps(_writable(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     for character, escape in _SCRIPT_UNSAFE.items():
         text = text.replace(character, escape)
     return text
 
 
-def _finite(value: Any) -> Any:
+def _writable(value: Any) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return readable(value)
     if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
+        return {_writable(key): _writable(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
+        return [_writable(item) for item in value]
     return value
 
 
@@ -92,8 +97,9 @@ def render_page(template: str, *, scripts: list[str] = (), styles: list[str] = (
 
 
 def write_text_atomically(path: Path, text: str) -> Path:
-    """Write beside, then rename: a browser or a reader never sees half a page."""
+    """Write beside, then rename: a browser or a reader never sees half a page. A file name that is
+    not UTF-8 (in a title, say) is spelled readably rather than failing the page."""
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
+    partial.write_text(readable(text), encoding="utf-8")
     os.replace(partial, path)
     return path

@@ -22,7 +22,7 @@ import pandas as pd
 from benchmarks.curves import oracle_point, plot_cost_accuracy, single_expert_points
 from benchmarks.metrics import correctness
 from benchmarks.plots import plot_reliability, plot_roc
-from benchmarks.routing_eval import SYSTEM_LABELS, RoutingEvaluation
+from benchmarks.routing_eval import SIDE_COLUMN, SYSTEM_LABELS, RoutingEvaluation
 from benchmarks.runner import QUALITY_COLUMNS
 from coe.reports.html import render_page, write_text_atomically
 from coe.results import REPORT_FILE
@@ -176,6 +176,7 @@ def _router_stats(evaluation: RoutingEvaluation) -> list[Stat]:
     gap = headline["oracle_gap_closed"]
     return [
         Stat(str(evaluation.n_images), "images"),
+        Stat(str(evaluation.training_samples_left_out), "samples left out: their images trained the router"),
         Stat(_number(headline["accuracy"], 3), "routed accuracy"),
         Stat(_number(headline["auc"], 3), "routed AUC"),
         Stat(_number(headline["cost"], 2), "routed cost per image"),
@@ -223,6 +224,8 @@ def write_router_report(
         title=title,
         stats=_router_stats(evaluation),
         random_weights=router is not None and router.random_weights,
+        training_samples_judged=evaluation.training_samples_judged,
+        side_column=SIDE_COLUMN,
         details=_router_details(router) if router is not None else None,
         systems=table,
         plots=[_plot(kind, png, folder, title, ROUTER_PLOT_CAPTIONS[kind]) for kind, png in plots.items()],

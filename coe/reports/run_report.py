@@ -96,7 +96,7 @@ def _overview(verdicts: Sequence[Verdict], summary: RunSummary) -> dict:
         ],
         "routers": sorted({v.routing.router_id for v in verdicts if v.routing}),
         "features": sorted({v.features for v in verdicts if v.features}),
-        "routing_seconds": summary.seconds - summary.setup_seconds,
+        "routing_seconds": summary.routing_seconds,
         "with_masks": sum(bool(_evidence_with_masks(v)) for v in verdicts if v.duplicate_of is None),
         "stage_ms": _mean_stage_ms(verdicts),
     }
