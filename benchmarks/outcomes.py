@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from coe.core.errors import UserError
+from coe.core.names import is_utf8, readable
 
 NO_PERTURBATION = "none"
 
@@ -56,10 +57,13 @@ OUTCOME_SCHEMA = pa.schema([
     _field("css", pa.float64(), "cosine similarity of sentence embeddings of explanation and reference",
            nullable=True),
     _field("error", pa.string(), "error code and message when the image or the expert failed", nullable=True),
+    _field("path_bytes", pa.binary(), "the exact bytes of `path` when they are not valid UTF-8 (`path` then spells "
+           "each odd byte as \\xNN)", nullable=True),
 ])
 OUTCOME_COLUMNS = tuple(OUTCOME_SCHEMA.names)
 # Nullable columns added after tables were first written; older tables read with them null.
-COLUMNS_ADDED_LATER = ("mask_file",)
+COLUMNS_ADDED_LATER = ("mask_file", "path_bytes")
+_TEXT_COLUMNS = [field.name for field in OUTCOME_SCHEMA if field.type == pa.string()]
 
 
 class OutcomeTableError(UserError, ValueError):
@@ -75,13 +79,30 @@ def schema_markdown() -> str:
     return "\n".join(lines)
 
 
+def _exact_bytes(name: str) -> bytes | None:
+    return None if is_utf8(name) else os.fsencode(name)
+
+
 def write_outcomes(rows: Sequence[dict] | pd.DataFrame, path: Path) -> None:
-    """Write through a temporary file and an atomic rename: a killed run never leaves half a table."""
-    table = (
-        pa.Table.from_pandas(rows, schema=OUTCOME_SCHEMA, preserve_index=False)
-        if isinstance(rows, pd.DataFrame)
-        else pa.Table.from_pylist(list(rows), schema=OUTCOME_SCHEMA)
-    )
+    """Write through a temporary file and an atomic rename: a killed run never leaves half a table.
+    Text is written as valid UTF-8 (Parquet strings must be), a file name that is not with its exact
+    bytes beside it, as `read_outcomes` restores it."""
+    if isinstance(rows, pd.DataFrame):
+        frame = rows.copy()
+        known = frame["path_bytes"] if "path_bytes" in frame else [None] * len(frame)
+        frame["path_bytes"] = [
+            exact if isinstance(exact, bytes) else _exact_bytes(name) for name, exact in zip(frame["path"], known)
+        ]
+        for column in _TEXT_COLUMNS:
+            frame[column] = [readable(value) if isinstance(value, str) else value for value in frame[column]]
+        table = pa.Table.from_pandas(frame, schema=OUTCOME_SCHEMA, preserve_index=False)
+    else:
+        written = [
+            {**{key: readable(value) if isinstance(value, str) else value for key, value in row.items()},
+             "path_bytes": _exact_bytes(row["path"])}
+            for row in rows
+        ]
+        table = pa.Table.from_pylist(written, schema=OUTCOME_SCHEMA)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
     pq.write_table(table, partial)
@@ -105,7 +126,14 @@ def read_outcomes(paths: Sequence[Path]) -> pd.DataFrame:
         frames.append(table.select(list(OUTCOME_COLUMNS)).cast(OUTCOME_SCHEMA).to_pandas())
     if not frames:
         raise OutcomeTableError("no outcome table given")
-    return pd.concat(frames, ignore_index=True)
+    frame = pd.concat(frames, ignore_index=True)
+    return frame
+
+
+def image_file(path: str, path_bytes: bytes | None) -> str:
+    """The file an outcome row's image is in. A frame keeps `path` as text (pandas' strings must
+    be valid UTF-8) and, for a name that is not, its exact bytes in `path_bytes`."""
+    return os.fsdecode(path_bytes) if isinstance(path_bytes, bytes) else path
 
 
 SAMPLE_KEY = ["benchmark", "image_id", "perturbation"]
@@ -116,7 +144,7 @@ class OutcomeMatrix:
     """Outcomes pivoted to one row per sample (benchmark, image, perturbation) and one column per
     expert: what routers are trained and judged on."""
 
-    samples: pd.DataFrame  # SAMPLE_KEY + split, path, label, subject, generator
+    samples: pd.DataFrame  # SAMPLE_KEY + split, path, path_bytes, label, subject, generator
     experts: list[str]
     p_fake: np.ndarray  # (n, k) raw P(fake); NaN where the expert failed
     latency_ms: np.ndarray  # (n, k)
@@ -135,13 +163,15 @@ class OutcomeMatrix:
                 f"run `coe bench run` with those experts and pass its outcomes.parquet too"
             )
         frame = frame[frame["expert"].isin(experts)].drop_duplicates([*SAMPLE_KEY, "expert"])
+        if "path_bytes" not in frame:  # a frame made by hand rather than read from a table
+            frame = frame.assign(path_bytes=None)
         wide_p = frame.pivot(index=SAMPLE_KEY, columns="expert", values="p_fake")
         complete = frame.groupby(SAMPLE_KEY)["expert"].nunique() == len(experts)
         keys = complete[complete].index
         samples = (
             frame.drop_duplicates(SAMPLE_KEY)
             .set_index(SAMPLE_KEY)
-            .loc[keys, ["split", "path", "label", "subject", "generator"]]
+            .loc[keys, ["split", "path", "path_bytes", "label", "subject", "generator"]]
             .reset_index()
         )
         latency = frame.pivot(index=SAMPLE_KEY, columns="expert", values="latency_ms")

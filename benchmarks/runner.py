@@ -9,6 +9,7 @@ split; here every expert sees a part in one batch, which keeps resumption fine-g
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ class LoadedBenchmark:
     @property
     def digest(self) -> str:
         listing = "\n".join(f"{item.path}\t{item.label}\t{item.split}" for item in self.items)
-        return hashlib.sha256(listing.encode()).hexdigest()[:16]
+        return hashlib.sha256(os.fsencode(listing)).hexdigest()[:16]  # file names are bytes, any bytes
 
 
 class BenchRunSummary(BaseModel):

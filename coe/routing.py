@@ -31,6 +31,7 @@ from benchmarks.outcomes import (
     OutcomeMatrix,
     OutcomeTableError,
     SplitSpec,
+    image_file,
     read_outcomes,
     split_samples,
 )
@@ -131,7 +132,7 @@ def sample_features(
                 for i in missing[start : start + EMBED_CHUNK]:
                     row = matrix.samples.iloc[i]
                     try:
-                        image = read_image(row["path"], config.ingest).pixels
+                        image = read_image(image_file(row["path"], row["path_bytes"]), config.ingest).pixels
                     except ImageDecodeError as error:
                         unreadable[i] = error.error.message
                         continue

@@ -153,3 +153,35 @@ def test_readable_spells_each_byte_that_is_not_utf8():
     assert readable(os.fsdecode(b"a\xffb\xe9")) == "a\\xffb\\xe9"
     assert readable("lone \ud800") == "lone \\ud800"
     assert readable("日本") == "日本"
+
+
+def test_a_benchmark_of_such_names_runs_and_trains_a_router_on_the_exact_files(tmp_path, trained_config):
+    root = tmp_path / "bench"
+    for label, shift in (("real", 0), ("fake", 50)):
+        folder = root / os.fsdecode(b"gen\xe9") / label if label == "fake" else root / label
+        folder.mkdir(parents=True)
+        for index in range(10):
+            name = os.fsdecode(b"img \xff%d.png" % index if index % 2 else b"img %d.png" % index)
+            photo(96 + 4 * (index + shift), 96).save(folder / name, format="PNG")
+    spec = tmp_path / "odd.yaml"
+    spec.write_text(f"name: odd\nreader: folder\nroot: {json.dumps(str(root))}\nfolder_names: generator\n")
+    settings = cli_settings(trained_config)
+    bench = subprocess.run(
+        [*COE, "bench", "run", str(spec), "--out", str(tmp_path / "runs"), "--expert", "dct", "--expert", "spectrum",
+         "--expert", "residual", "--no-progress", *settings],
+        capture_output=True, timeout=300,
+    )
+    assert bench.returncode == 0, bench.stderr.decode(errors="replace")
+    from benchmarks.outcomes import image_file, read_outcomes
+
+    frame = read_outcomes([tmp_path / "runs" / "outcomes.parquet"])
+    files = [image_file(path, exact) for path, exact in zip(frame["path"], frame["path_bytes"], strict=True)]
+    assert frame["error"].isna().all() and all(Path(file).is_file() for file in files)
+    assert frame["path_bytes"].notna().sum() == 3 * 15  # five odd names among the reals, every fake (gen\xe9)
+    router = subprocess.run(
+        [*COE, "router", "train", str(tmp_path / "runs" / "outcomes.parquet"), "--out", str(tmp_path / "router"),
+         "--no-progress", *settings],
+        capture_output=True, timeout=300,
+    )
+    assert router.returncode == 0, router.stderr.decode(errors="replace")
+    assert b"cannot be read" not in router.stderr  # every sample's image was found by its exact path

@@ -3,10 +3,12 @@ on hand-made outcomes whose right answers are known."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from benchmarks.outcomes import (
@@ -14,6 +16,7 @@ from benchmarks.outcomes import (
     OutcomeMatrix,
     OutcomeTableError,
     SplitSpec,
+    image_file,
     read_outcomes,
     schema_markdown,
     split_samples,
@@ -49,6 +52,30 @@ def test_tables_round_trip_with_the_documented_schema(tmp_path):
     assert all(f"`{column}`" in schema_markdown() for column in OUTCOME_COLUMNS)
     assert schema_markdown() in (Path(__file__).parents[1] / "README.md").read_text()  # the docs cannot drift
     assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_a_file_name_that_is_not_utf8_is_kept_exactly_and_its_text_written_readably(tmp_path):
+    rows = outcome_rows(n_images=2)
+    odd = os.fsdecode(b"/data/caf\xe9 \xff.png")
+    for row in rows[:2]:
+        row.update(path=odd, generator=os.fsdecode(b"gen\xfe"), error=f"{odd}: truncated")
+    write_outcomes(rows, tmp_path / "o.parquet")
+    written = pq.read_table(tmp_path / "o.parquet").to_pylist()
+    assert written[0]["path"] == "/data/caf\\xe9 \\xff.png" and written[0]["path_bytes"] == b"/data/caf\xe9 \xff.png"
+    assert written[0]["generator"] == "gen\\xfe" and written[2]["path_bytes"] is None
+    frame = read_outcomes([tmp_path / "o.parquet"])
+    opened = [image_file(path, exact) for path, exact in zip(frame["path"], frame["path_bytes"], strict=True)]
+    assert opened == [odd, odd, "/data/1.png", "/data/1.png"]  # the exact file again
+    write_outcomes(frame, tmp_path / "again.parquet")  # a frame read back writes the same table
+    assert pq.read_table(tmp_path / "again.parquet").equals(pq.read_table(tmp_path / "o.parquet"))
+
+
+def test_a_table_written_before_path_bytes_reads_with_it_null(tmp_path):
+    write_outcomes(outcome_rows(n_images=2), tmp_path / "o.parquet")
+    table = pq.read_table(tmp_path / "o.parquet")
+    pq.write_table(table.drop_columns(["path_bytes"]), tmp_path / "old.parquet")
+    frame = read_outcomes([tmp_path / "old.parquet"])
+    assert frame["path_bytes"].isna().all() and list(frame["path"]) == ["/data/0.png"] * 2 + ["/data/1.png"] * 2
 
 
 def test_a_file_that_is_not_an_outcome_table_is_named(tmp_path):
