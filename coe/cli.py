@@ -170,6 +170,54 @@ def demo_command(
         raise _fail(error) from None
 
 
+@app.command("wild")
+def wild_command(
+    source: Annotated[
+        Path, typer.Argument(help="a folder with real/ and fake/, a CSV/JSONL manifest (path, label, generator), or a benchmark YAML")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="where wild.json, systems.csv and groups.csv go")] = Path(
+        "runs/wild"
+    ),
+    protocol: Annotated[
+        list[str] | None, typer.Option(help="as-is | matched (repeatable; default both)")
+    ] = None,
+    side: Annotated[int, typer.Option(help="matched: centre-crop side in pixels")] = 256,
+    jpeg_quality: Annotated[int, typer.Option(help="matched: JPEG quality of the re-encoding")] = 90,
+    expert: Annotated[
+        list[str] | None, typer.Option(help="single experts to judge beside the routed system (default: all configured)")
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="show progress")] = True,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Score the configuration on labelled real and generated images, as the files are and matched
+    (same crop, codec and quality for both classes, no metadata): AUC, accuracy, ECE, uncertain share,
+    and the share called fake per generator and per real source, routed and per expert."""
+    from pydantic import ValidationError
+
+    from coe.wild import PROTOCOLS, Matching, render_wild, run_wild_check
+
+    unknown = sorted(set(protocol or []) - set(PROTOCOLS))
+    if unknown:
+        raise _fail(ConfigError(f"--protocol {', '.join(unknown)}: expected {' or '.join(PROTOCOLS)}"))
+    settings = _setup(config, set_)
+    try:
+        matching = Matching(side=side, jpeg_quality=jpeg_quality)
+        unknown_experts = sorted(set(expert or []) - set(settings.experts))
+        if unknown_experts:
+            raise ConfigError(f"--expert {', '.join(unknown_experts)}: not configured ({', '.join(settings.experts)})")
+        report = run_wild_check(
+            settings, source, out, protocols=protocol or PROTOCOLS, matching=matching, experts=expert,
+            console=console, show_progress=progress,
+        )
+    except ValidationError as error:
+        raise _fail(ConfigError(f"--side / --jpeg-quality: {error.errors()[0]['msg']}")) from None
+    except UserError as error:
+        raise _fail(error) from None
+    render_wild(report, _stdout())
+    show(console, f"tables: {out / 'wild.json'}, {out / 'systems.csv'}, {out / 'groups.csv'}")
+
+
 @experts_app.command("list")
 def experts_list(config: ConfigOption = None, set_: SetOption = None) -> None:
     """Every expert card, what it costs and needs, whether it is enabled, and where its weights are."""

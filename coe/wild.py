@@ -1,0 +1,269 @@
+"""`coe wild`: how a configuration does on labelled images from real generators and real cameras.
+
+Two protocols, each judged by the routed system and by every configured expert alone:
+- `as-is`: the files as they are;
+- `matched`: every image, real or fake, centre-cropped to the same side, re-encoded as JPEG at the
+  same quality and with no metadata, so that size, codec and metadata cannot tell the classes apart.
+  Cropped, never rescaled: resampling leaves its own trace in the spectrum (scaling wild-dev's 128 px
+  GAN faces up to 256 px let the spectrum expert find them at AUC 0.99, against 0.54 as they are), so
+  an image smaller than the side is left out of the matched protocol and counted.
+
+For each: AUC, accuracy at 0.5, ECE, the share answered `uncertain` and the accuracy of the rest
+(coverage against accuracy), and for every generator (fakes) and every real source (reals) the share
+called fake. A detector that tells a wild set apart as-is but not matched learnt the confound."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, Field
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from benchmarks.metrics import detector_metrics
+from benchmarks.readers import BenchmarkItem, BenchmarkSpec, load_benchmark_spec, read_benchmark
+from coe.config import CoeConfig
+from coe.core.console import plain_console, progress_bar, show
+from coe.core.imaging import DecodedImage, ImageDecodeError, decode_image_bytes, read_image
+from coe.core.names import readable
+from coe.core.records import ErrorCode, ErrorInfo, Verdict
+from coe.pipeline import RoutePipeline, judge_decoded
+
+Protocol = Literal["as-is", "matched"]
+PROTOCOLS: tuple[Protocol, ...] = ("as-is", "matched")
+COVERAGES = (1.0, 0.8, 0.6, 0.4, 0.2)
+ROUTED = "routed"
+CHUNK = 64
+
+
+class Matching(BaseModel):
+    side: int = Field(default=256, ge=32, description="matched: the centre crop's side in pixels")
+    jpeg_quality: int = Field(default=90, ge=1, le=100, description="matched: the JPEG quality of the re-encoding")
+
+
+class GroupRow(BaseModel):
+    protocol: Protocol
+    system: str
+    label: Literal["real", "fake"]
+    group: str = Field(description="the generator of fakes, the source of reals")
+    n: int
+    called_fake: float
+    uncertain: float
+    mean_p_fake: float
+
+
+class SystemRow(BaseModel):
+    protocol: Protocol
+    system: str
+    n: int
+    errors: int
+    auc: float
+    accuracy: float = Field(description="p_fake >= 0.5 called fake, every image counted")
+    ece: float
+    uncertain: float = Field(description="share of images answered uncertain")
+    decided_accuracy: float = Field(description="accuracy over the images not answered uncertain")
+    tpr: float
+    tnr: float
+    too_small: int = Field(default=0, description="matched: images smaller than the side, left out")
+    accuracy_at_coverage: dict[str, float] = Field(
+        default={}, description="accuracy of the share of images the system is surest of (|p_fake - 0.5| largest)"
+    )
+
+
+class WildReport(BaseModel):
+    source: str
+    matching: Matching
+    systems: list[SystemRow]
+    groups: list[GroupRow]
+    random_weights: bool
+
+
+def wild_items(source: Path) -> list[BenchmarkItem]:
+    """A folder with real/ and fake/ (at any depth, as `coe bench` reads them), a CSV or JSONL manifest
+    (path, label, generator, ...; paths relative to it), or a benchmark definition (YAML)."""
+    if source.suffix.lower() in {".yaml", ".yml"}:
+        spec = load_benchmark_spec(source)
+    elif source.is_file():
+        spec = BenchmarkSpec(name="wild", reader="manifest", root=source.parent, annotations=source.name)
+    else:
+        spec = BenchmarkSpec(name="wild", reader="folder", root=source)
+    return read_benchmark(spec)
+
+
+def matched(image: DecodedImage, matching: Matching, limits) -> DecodedImage | ErrorInfo:
+    """The image as the matched protocol shows it to every system, or why it cannot be shown so."""
+    encoded = matched_file(image, matching)
+    return encoded if isinstance(encoded, ErrorInfo) else decode_image_bytes(encoded, image.record.path, limits)
+
+
+def matched_file(image: DecodedImage, matching: Matching) -> bytes | ErrorInfo:
+    """The matched protocol's JPEG of the image: its centre, nothing but pixels."""
+    picture = Image.fromarray(image.pixels)
+    width, height = picture.size
+    if min(width, height) < matching.side:
+        return ErrorInfo(
+            code=ErrorCode.IMAGE_TOO_SMALL,
+            message=f"{image.record.path}: {width}x{height} is smaller than the matched side {matching.side} "
+            "(cropped, never rescaled); a smaller --side matches it",
+        )
+    left, top = (width - matching.side) // 2, (height - matching.side) // 2
+    picture = picture.crop((left, top, left + matching.side, top + matching.side))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=matching.jpeg_quality)  # no exif, no icc: nothing but pixels
+    return buffer.getvalue()
+
+
+def _decode(item: BenchmarkItem, protocol: Protocol, matching: Matching, limits) -> DecodedImage | ErrorInfo:
+    try:
+        image = read_image(item.path, limits)
+        return matched(image, matching, limits) if protocol == "matched" else image
+    except ImageDecodeError as error:
+        return error.error
+
+
+def run_wild_check(
+    config: CoeConfig,
+    source: Path,
+    out_dir: Path,
+    protocols: Sequence[Protocol] = PROTOCOLS,
+    matching: Matching = Matching(),
+    experts: Sequence[str] | None = None,
+    console: Console | None = None,
+    show_progress: bool = True,
+) -> WildReport:
+    """Judge `source` under each protocol with the routed system and each expert in `experts` (all
+    configured ones by default); write wild.json, systems.csv and groups.csv into out_dir."""
+    console = console or plain_console(stderr=True)
+    items = wild_items(source)
+    warn = lambda message: show(console, message, "yellow")  # noqa: E731
+    systems = {ROUTED: RoutePipeline(config, say=warn)}
+    for name in experts if experts is not None else config.experts:
+        systems[name] = RoutePipeline(config, expert=name, say=warn)
+    rows: list[SystemRow] = []
+    groups: list[GroupRow] = []
+    try:
+        with ThreadPoolExecutor(config.run.decode_workers) as decoders, progress_bar(console, show=show_progress) as bar:
+            for protocol in protocols:
+                task = bar.add_task(f"wild check, {protocol}", total=len(items))
+                verdicts: dict[str, list[Verdict]] = {name: [] for name in systems}
+                too_small = 0
+                for start in range(0, len(items), CHUNK):
+                    chunk = items[start : start + CHUNK]
+                    decoded = list(decoders.map(lambda item: _decode(item, protocol, matching, config.ingest), chunk))
+                    too_small += sum(isinstance(d, ErrorInfo) and d.code == ErrorCode.IMAGE_TOO_SMALL for d in decoded)
+                    named = [(str(item.path), image) for item, image in zip(chunk, decoded, strict=True)]
+                    for name, pipeline in systems.items():
+                        verdicts[name] += judge_decoded(named, pipeline, {})
+                    bar.advance(task, len(chunk))
+                for name, judged in verdicts.items():
+                    row, group_rows = _score(protocol, name, items, judged)
+                    rows.append(row.model_copy(update={"too_small": too_small if protocol == "matched" else 0}))
+                    groups += group_rows
+    finally:
+        for pipeline in systems.values():
+            pipeline.close()
+    routing = systems[ROUTED].routing
+    report = WildReport(
+        source=readable(str(source)), matching=matching, systems=rows, groups=groups,
+        random_weights=bool(routing.extractor and routing.extractor.random_weights),
+    )
+    _write(report, out_dir)
+    return report
+
+
+def _score(protocol: Protocol, system: str, items: Sequence[BenchmarkItem], verdicts: Sequence[Verdict]):
+    judged = [(item, verdict) for item, verdict in zip(items, verdicts, strict=True) if verdict.error is None]
+    p_fake = np.array([verdict.p_fake for _, verdict in judged], dtype=float)
+    is_fake = np.array([item.label == "fake" for item, _ in judged], dtype=bool)
+    labels = np.array([verdict.label for _, verdict in judged])
+    metrics = detector_metrics(p_fake, is_fake)
+    decided = labels != "uncertain"
+    right = (labels == "fake") == is_fake
+    row = SystemRow(
+        protocol=protocol, system=system, n=len(judged), errors=len(items) - len(judged), auc=metrics["auc"],
+        accuracy=metrics["accuracy"], ece=metrics["ece"], tpr=metrics["tpr"], tnr=metrics["tnr"],
+        uncertain=float((~decided).mean()) if len(judged) else float("nan"),
+        decided_accuracy=float(right[decided].mean()) if decided.any() else float("nan"),
+        accuracy_at_coverage=_accuracy_at_coverage(p_fake, is_fake),
+    )
+    group_rows = []
+    keys = sorted({(item.label, item.generator) for item, _ in judged})
+    for label, group in keys:
+        members = np.array([item.label == label and item.generator == group for item, _ in judged])
+        group_rows.append(GroupRow(
+            protocol=protocol, system=system, label=label, group=readable(group), n=int(members.sum()),
+            called_fake=float((labels[members] == "fake").mean()),
+            uncertain=float((labels[members] == "uncertain").mean()),
+            mean_p_fake=float(p_fake[members].mean()),
+        ))
+    return row, group_rows
+
+
+def _accuracy_at_coverage(p_fake: np.ndarray, is_fake: np.ndarray) -> dict[str, float]:
+    """Coverage against accuracy: were the system to answer only where it is surest, how right would it be."""
+    surest = np.argsort(-np.abs(p_fake - 0.5), kind="stable")
+    accuracy = {}
+    for coverage in COVERAGES:
+        kept = surest[: max(1, round(coverage * len(p_fake)))] if len(p_fake) else surest
+        accuracy[f"{coverage:.0%}"] = float(((p_fake[kept] >= 0.5) == is_fake[kept]).mean()) if len(kept) else float("nan")
+    return accuracy
+
+
+def _write(report: WildReport, out_dir: Path) -> None:
+    import pandas as pd
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "wild.json").write_text(report.model_dump_json(indent=2))
+    pd.DataFrame([row.model_dump() for row in report.systems]).to_csv(out_dir / "systems.csv", index=False)
+    pd.DataFrame([row.model_dump() for row in report.groups]).to_csv(out_dir / "groups.csv", index=False)
+
+
+def render_wild(report: WildReport, console: Console) -> None:
+    systems = Table(title=Text(readable(f"wild check of {report.source}")))
+    columns = ("protocol", "system", "n", "AUC", "accuracy", "ECE", "uncertain", "decided acc.", "TPR", "TNR")
+    for column in columns:
+        systems.add_column(column, justify="left" if column in columns[:2] else "right")
+    for row in report.systems:
+        systems.add_row(
+            row.protocol, row.system, str(row.n), *(f"{value:.3f}" for value in (
+                row.auc, row.accuracy, row.ece, row.uncertain, row.decided_accuracy, row.tpr, row.tnr)),
+            style="bold" if row.system == ROUTED else "",
+        )
+    console.print(systems)
+    coverage = Table(title="accuracy where each system is surest (coverage: the share of images it answers)")
+    coverage.add_column("protocol")
+    coverage.add_column("system")
+    for share in COVERAGES:
+        coverage.add_column(f"{share:.0%}", justify="right")
+    for row in report.systems:
+        coverage.add_row(row.protocol, row.system, *(f"{row.accuracy_at_coverage[f'{s:.0%}']:.3f}" for s in COVERAGES))
+    console.print(coverage)
+    for protocol in dict.fromkeys(row.protocol for row in report.groups):
+        names = list(dict.fromkeys(row.system for row in report.groups if row.protocol == protocol))
+        table = Table(title=f"share called fake, {protocol}")
+        table.add_column("label")
+        table.add_column("generator / source")
+        table.add_column("n", justify="right")
+        for name in names:
+            table.add_column(name, justify="right")
+        cells: dict[tuple[str, str], dict[str, GroupRow]] = {}
+        for row in report.groups:
+            if row.protocol == protocol:
+                cells.setdefault((row.label, row.group), {})[row.system] = row
+        for (label, group), by_system in sorted(cells.items()):
+            first = next(iter(by_system.values()))
+            table.add_row(label, Text(group), str(first.n), *(f"{by_system[name].called_fake:.2f}" for name in names))
+        console.print(table)
+    matched_rows = [row for row in report.systems if row.protocol == "matched"]
+    if matched_rows and matched_rows[0].too_small:
+        show(console, f"matched: {matched_rows[0].too_small} image(s) smaller than {report.matching.side} px left out "
+             "(cropped, never rescaled: a smaller --side keeps them)", "yellow")
+    if report.random_weights:
+        console.print("The routed system read CLIP features with RANDOM weights.", style="bold red")
