@@ -105,6 +105,23 @@ def expected_calibration_error(p_fake: np.ndarray, is_fake: np.ndarray, n_bins: 
     return float(np.sum(count[occupied] / len(p_fake) * np.abs(share_fake - mean_p)))
 
 
+COVERAGES = (1.0, 0.8, 0.6, 0.4, 0.2)
+
+
+def accuracy_at_coverage(
+    p_fake: np.ndarray, is_fake: np.ndarray, coverages: tuple[float, ...] = COVERAGES
+) -> dict[str, float]:
+    """Coverage against accuracy: were a system to answer only the share of images it is surest of
+    (largest |p_fake - 0.5|), how often would it be right at 0.5. Keys like "80%"; NaN when empty."""
+    p_fake, is_fake = np.asarray(p_fake, dtype=float), np.asarray(is_fake, dtype=bool)
+    surest = np.argsort(-np.abs(p_fake - 0.5), kind="stable")
+    accuracy = {}
+    for coverage in coverages:
+        kept = surest[: max(1, round(coverage * len(p_fake)))] if len(p_fake) else surest
+        accuracy[f"{coverage:.0%}"] = float(((p_fake[kept] >= 0.5) == is_fake[kept]).mean()) if len(kept) else float("nan")
+    return accuracy
+
+
 def _best_threshold(p_fake: np.ndarray, is_fake: np.ndarray, nominal: float) -> tuple[float, float]:
     """(accuracy, threshold) of the most accurate rule `fake if p_fake >= t`, t among the scores and
     one just above the largest (everything real). Ties go to the t nearest the nominal threshold,

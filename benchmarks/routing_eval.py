@@ -20,7 +20,7 @@ from benchmarks.curves import (
     plot_cost_accuracy,
     single_expert_points,
 )
-from benchmarks.metrics import correctness, routing_comparison, system_scores
+from benchmarks.metrics import accuracy_at_coverage, correctness, routing_comparison, system_scores
 from benchmarks.plots import plot_reliability, plot_roc
 
 CURVE_PNG = "cost_accuracy.png"
@@ -62,6 +62,13 @@ class RoutingEvaluation:
     def best_single(self) -> str:
         experts = [name for name in self.systems.index if name not in SYSTEMS_BESIDE_EXPERTS]
         return str(self.systems.loc[experts, "accuracy"].idxmax())
+
+    @property
+    def coverage(self) -> pd.DataFrame:
+        """Accuracy where each system is surest (rows: systems; columns: the share answered)."""
+        return pd.DataFrame(
+            {name: accuracy_at_coverage(self.scores[name].to_numpy(), self.is_fake) for name in self.scores.columns}
+        ).T
 
     def labelled_scores(self) -> dict[str, np.ndarray]:
         """Each system's p_fake per image under the name a reader understands."""
@@ -143,6 +150,7 @@ def write_evaluation(evaluation: RoutingEvaluation, out_dir: Path, title: str) -
     for column, table in evaluation.breakdown.items():
         table.to_csv(out_dir / f"by_{column}.csv", index_label=column)
     evaluation.curve.to_csv(out_dir / "curve.csv", index=False)
+    evaluation.coverage.to_csv(out_dir / "coverage.csv", index_label="system")
     (out_dir / "evaluation.json").write_text(json.dumps(evaluation.headline(), indent=2))
     systems = evaluation.systems
     scores = evaluation.labelled_scores()

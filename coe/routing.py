@@ -419,6 +419,14 @@ def render_evaluation(evaluation: RoutingEvaluation, console: Console, title: st
         f"AIQ (area under the cost-accuracy curve) {headline['aiq']:.3f}"
         + (f"; abstained on {headline['abstained']:.1%}" if headline["abstained"] else "")
     )
+    coverage = evaluation.coverage
+    surest = Table(title="accuracy where each system is surest (coverage: the share of images it answers)")
+    surest.add_column("system")
+    for share in coverage.columns:
+        surest.add_column(str(share), justify="right")
+    for system, row in coverage.iterrows():
+        surest.add_row(str(system), *(f"{value:.3f}" for value in row))
+    console.print(surest)
     for column, table in evaluation.breakdown.items():
         view = Table(title=f"accuracy per {column}")
         view.add_column(column)

@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from benchmarks.metrics import detector_metrics
+from benchmarks.metrics import COVERAGES, accuracy_at_coverage, detector_metrics
 from benchmarks.readers import BenchmarkItem, BenchmarkSpec, load_benchmark_spec, read_benchmark
 from coe.config import CoeConfig
 from coe.core.console import plain_console, progress_bar, show
@@ -38,7 +38,6 @@ from coe.pipeline import RoutePipeline, judge_decoded
 
 Protocol = Literal["as-is", "matched"]
 PROTOCOLS: tuple[Protocol, ...] = ("as-is", "matched")
-COVERAGES = (1.0, 0.8, 0.6, 0.4, 0.2)
 ROUTED = "routed"
 CHUNK = 64
 
@@ -191,7 +190,7 @@ def _score(protocol: Protocol, system: str, items: Sequence[BenchmarkItem], verd
         accuracy=metrics["accuracy"], ece=metrics["ece"], tpr=metrics["tpr"], tnr=metrics["tnr"],
         uncertain=float((~decided).mean()) if len(judged) else float("nan"),
         decided_accuracy=float(right[decided].mean()) if decided.any() else float("nan"),
-        accuracy_at_coverage=_accuracy_at_coverage(p_fake, is_fake),
+        accuracy_at_coverage=accuracy_at_coverage(p_fake, is_fake),
     )
     group_rows = []
     keys = sorted({(item.label, item.generator) for item, _ in judged})
@@ -204,16 +203,6 @@ def _score(protocol: Protocol, system: str, items: Sequence[BenchmarkItem], verd
             mean_p_fake=float(p_fake[members].mean()),
         ))
     return row, group_rows
-
-
-def _accuracy_at_coverage(p_fake: np.ndarray, is_fake: np.ndarray) -> dict[str, float]:
-    """Coverage against accuracy: were the system to answer only where it is surest, how right would it be."""
-    surest = np.argsort(-np.abs(p_fake - 0.5), kind="stable")
-    accuracy = {}
-    for coverage in COVERAGES:
-        kept = surest[: max(1, round(coverage * len(p_fake)))] if len(p_fake) else surest
-        accuracy[f"{coverage:.0%}"] = float(((p_fake[kept] >= 0.5) == is_fake[kept]).mean()) if len(kept) else float("nan")
-    return accuracy
 
 
 def _write(report: WildReport, out_dir: Path) -> None:

@@ -153,6 +153,10 @@ def test_router_train_eval_calibrate_and_route_with_the_new_artifact(tmp_path, t
         assert png.size[0] > 300 and len(np.unique(np.asarray(png.convert("L")))) > 10
 
     systems = pd.read_csv(tmp_path / "eval" / "systems.csv", index_col="system")
+    coverage = pd.read_csv(tmp_path / "eval" / "coverage.csv", index_col="system")
+    assert list(coverage.columns) == ["100%", "80%", "60%", "40%", "20%"]
+    assert coverage.loc["routed", "100%"] == pytest.approx(systems.loc["routed", "accuracy"])  # all answered
+    assert "accuracy where each system is surest" in flat(evaluation.stdout)
     budget = float(systems.loc[["spectrum", "dct", "residual"], "cost"].min()) + 0.2
     calibrated = run("router", "calibrate", routers, "--outcomes", default_outcomes, "--budget", budget,
                      "--split", "router_train", "--no-progress", *settings(trained_config))

@@ -102,10 +102,10 @@ def test_the_command_reads_a_manifest_and_prints_both_protocols(tmp_path, traine
 
 
 def test_coverage_against_accuracy_keeps_the_surest_answers():
-    from coe.wild import _accuracy_at_coverage
+    from benchmarks.metrics import accuracy_at_coverage
 
     p_fake = np.array([0.99, 0.01, 0.6, 0.45, 0.9, 0.2, 0.55, 0.52, 0.05, 0.7])
     is_fake = np.array([1, 0, 0, 1, 1, 0, 0, 1, 0, 1], dtype=bool)
-    accuracy = _accuracy_at_coverage(p_fake, is_fake)
+    accuracy = accuracy_at_coverage(p_fake, is_fake)
     assert accuracy["100%"] == pytest.approx(0.7)  # 0.6, 0.45 and 0.55 wrong
     assert accuracy["20%"] == 1.0 and accuracy["40%"] == 1.0  # 0.99, 0.01, 0.05, 0.9 are all right
