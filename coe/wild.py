@@ -39,7 +39,6 @@ from coe.pipeline import RoutePipeline, judge_decoded
 Protocol = Literal["as-is", "matched"]
 PROTOCOLS: tuple[Protocol, ...] = ("as-is", "matched")
 ROUTED = "routed"
-CHUNK = 64
 
 
 class Matching(BaseModel):
@@ -153,8 +152,8 @@ def run_wild_check(
                 task = bar.add_task(f"wild check, {protocol}", total=len(items))
                 verdicts: dict[str, list[Verdict]] = {name: [] for name in systems}
                 too_small = 0
-                for start in range(0, len(items), CHUNK):
-                    chunk = items[start : start + CHUNK]
+                for start in range(0, len(items), config.run.chunk_size):
+                    chunk = items[start : start + config.run.chunk_size]
                     decoded = list(decoders.map(lambda item: _decode(item, protocol, matching, config.ingest), chunk))
                     too_small += sum(isinstance(d, ErrorInfo) and d.code == ErrorCode.IMAGE_TOO_SMALL for d in decoded)
                     named = [(str(item.path), image) for item, image in zip(chunk, decoded, strict=True)]
