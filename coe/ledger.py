@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -79,17 +79,18 @@ def record_request(out_dir: Path, request: dict) -> None:
     (out_dir / REQUEST_FILE).write_text(json.dumps(request, indent=2, sort_keys=True))
 
 
-def finished_earlier(out_dir: Path, request: dict, paths: Iterable[str]) -> bool:
-    """Whether an earlier attempt in out_dir, asked the same, judged every one of these paths."""
+def finished_earlier(out_dir: Path, request: dict, paths: Sequence[str]) -> list[Verdict] | None:
+    """The verdicts for these paths, when an earlier attempt in out_dir, asked the same, judged every
+    one of them; else None."""
     try:
         if json.loads((out_dir / REQUEST_FILE).read_text()) != request:
-            return False
+            return None
     except (OSError, ValueError):
-        return False
+        return None
     if not (out_dir / LEDGER_FILE).is_file():
-        return False
+        return None
     ledger = Ledger(out_dir)
     try:
-        return all(path in ledger for path in paths)
+        return [ledger.verdicts[path] for path in paths] if all(path in ledger for path in paths) else None
     finally:
         ledger.close()

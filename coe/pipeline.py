@@ -306,19 +306,21 @@ def route(
         return summarize([], out_dir, seconds=time.perf_counter() - started, setup_seconds=0.0, done_before=0,
                          embedded=0)
     request = {"expert": expert, "configuration": config.model_dump(mode="json", exclude={"run"})}
-    if not restart and finished_earlier(out_dir, request, [item.path for item in items]):
+    finished = None if restart else finished_earlier(out_dir, request, [item.path for item in items])
+    if finished is not None:
         show(console, (
             f"every one of the {len(items)} paths was judged by an earlier attempt in {out_dir} (its models are "
             f"recorded in {out_dir / RUN_FILE}); nothing to redo, so no model is loaded (--restart judges them again)"
         ))
-        return _finish(out_dir, items, None, console, show_progress, config, started, 0.0, 0.0)
+        return _finish(out_dir, items, finished, console, show_progress, config, started, 0.0, 0.0)
     warn = lambda message: show(console, message, "yellow")  # noqa: E731
     first_use_seconds = 0.0
     if expert is None:
         from coe.defaults import ensure_default_models  # the benchmark machinery, only when routing
 
-        ensure_default_models(config, warn)
-        first_use_seconds = time.perf_counter() - started
+        building = time.perf_counter()
+        if ensure_default_models(config, warn):
+            first_use_seconds = time.perf_counter() - building
     if ray_address is not None:
         from coe.ray_route import RayChunks
 
@@ -336,14 +338,16 @@ def route(
 
 
 def _finish(
-    out_dir: Path, items: Sequence[IngestItem], executor: ChunkExecutor | None, console: Console, show_progress: bool,
-    config: CoeConfig, started: float, setup_seconds: float, first_use_seconds: float,
+    out_dir: Path, items: Sequence[IngestItem], work: ChunkExecutor | list[Verdict], console: Console,
+    show_progress: bool, config: CoeConfig, started: float, setup_seconds: float, first_use_seconds: float,
 ) -> RunSummary:
-    """Judge what the ledger lacks (nothing without an executor), then write the results and the report."""
-    with closing(Ledger(out_dir)) as ledger:
-        if executor is None:
-            results, done_before = [ledger.verdicts[item.path] for item in items], len(items)
-        else:
+    """Judge what the ledger lacks with `work` (or take `work`, the verdicts of a finished run), then
+    write the results and the report."""
+    if isinstance(work, list):
+        results, done_before, executor = work, len(items), None
+    else:
+        executor = work
+        with closing(Ledger(out_dir)) as ledger:
             results, done_before = _route_items(items, executor, ledger, config, console, show_progress)
     write_results(out_dir, results)
     summary = summarize(

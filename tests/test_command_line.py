@@ -134,6 +134,9 @@ def test_first_use_is_timed_apart_from_loading_and_progress_prints_lines_off_a_t
     assert any(line.startswith(f"routing: {summary.paths}/{summary.paths} done in ") for line in lines)
     render_summary(summary, console)
     assert "first use: building the default models" in log.getvalue()
+    # With the models there, nothing is counted as first use.
+    again = route(trained_config, [images], tmp_path / "again", show_progress=False)
+    assert again.first_use_seconds == 0.0
 
 
 def test_progress_lines_name_each_stage(tmp_path):
