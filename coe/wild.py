@@ -124,6 +124,8 @@ def _decode(item: BenchmarkItem, protocol: Protocol, matching: Matching, limits)
         return matched(image, matching, limits) if protocol == "matched" else image
     except ImageDecodeError as error:
         return error.error
+    except Exception as error:  # a decoder bug must cost one image, not the check (as in coe route)
+        return ErrorInfo(code=ErrorCode.INTERNAL_ERROR, message=readable(f"{item.path}: {type(error).__name__}: {error}"))
 
 
 def run_wild_check(
