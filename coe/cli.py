@@ -12,7 +12,7 @@ from rich.logging import RichHandler
 from rich.table import Table
 from rich.text import Text
 
-from coe.config import CONFIG_DIR, ConfigError, load_config, load_expert_cards
+from coe.config import CONFIG_DIR, ConfigError, load_config, load_expert_card
 from coe.core.console import plain_console, show
 from coe.core.errors import UserError
 from coe.core.names import readable
@@ -221,7 +221,6 @@ def wild_command(
 @experts_app.command("list")
 def experts_list(config: ConfigOption = None, set_: SetOption = None) -> None:
     """Every expert card, what it costs and needs, whether it is enabled, and where its weights are."""
-    from coe.config import load_expert_card
     from coe.models import weights_status
 
     settings = _setup(config, set_)
@@ -245,8 +244,10 @@ def experts_list(config: ConfigOption = None, set_: SetOption = None) -> None:
 
 @experts_app.command("train")
 def experts_train(
-    name: Annotated[str, typer.Argument(help="a configured expert")],
-    data: Annotated[Path, typer.Option(help="folder with real/ and fake/ (or 0_real/ and 1_fake/) subfolders")],
+    name: Annotated[str, typer.Argument(help="an expert card, configured or not (`coe experts list`)")],
+    data: Annotated[
+        Path, typer.Option(help="folder with real/ and fake/ (or 0_real/ and 1_fake/) subfolders; real/ alone for zed")
+    ],
     out: Annotated[Path | None, typer.Option(help="where to save (default: the card's weights folder)")] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
@@ -256,10 +257,10 @@ def experts_train(
 
     settings = _setup(config, set_)
     try:
-        cards = load_expert_cards(settings)
-        if name not in cards:
-            raise ConfigError(f"{name!r} is not a configured expert ({', '.join(cards)})")
-        report = train_expert_on_folder(settings, cards[name], data, out, console)
+        # A card that is not configured yet can be trained first and configured afterwards.
+        if name not in settings.card_files():
+            raise ConfigError(f"no expert card named {name!r}; cards: {', '.join(settings.card_files())}")
+        report = train_expert_on_folder(settings, load_expert_card(settings, name), data, out, console)
     except UserError as error:
         raise _fail(error) from None
     plain_console().print_json(data=report)

@@ -29,9 +29,11 @@ def train_expert_on_folder(
     if not isinstance(expert, TrainableExpert):
         raise TrainingDataError(f"expert {card.name!r} ({card.family}) is not trained by coe")
     class_dirs = {data / folder: label for folder, label in CLASS_FOLDERS.items() if (data / folder).is_dir()}
-    if set(class_dirs.values()) != {0, 1}:
+    needed = {0, 1} if expert.needs_fakes else {0}
+    if not needed <= set(class_dirs.values()):
+        wanted = "a real/ and a fake/ subfolder (or 0_real/ and 1_fake/)" if expert.needs_fakes else "a real/ (or 0_real/) subfolder"
         raise TrainingDataError(
-            f"{data} needs a real/ and a fake/ subfolder (or 0_real/ and 1_fake/); found "
+            f"{data} needs {wanted}; found "
             f"{sorted(p.name for p in data.iterdir() if p.is_dir()) if data.is_dir() else 'no folder'}"
         )
     images, labels, skipped = [], [], {}
@@ -47,8 +49,9 @@ def train_expert_on_folder(
             progress.advance(task)
     if skipped:
         console.print(f"skipped {len(skipped)} unreadable file(s); see the report's `skipped`", style="yellow")
-    if len(set(labels)) < 2:
-        raise TrainingDataError(f"{data}: need readable real and fake images, got {len(labels)} image(s)")
+    if not needed <= set(labels):
+        kinds = "real and fake" if expert.needs_fakes else "real"
+        raise TrainingDataError(f"{data}: need readable {kinds} images, got {len(labels)} image(s)")
     destination = out or expert_weights_folder(config, card)
     show(console, f"training {card.name} on {labels.count(0)} real and {labels.count(1)} fake images")
     expert.fit(images, labels).save(destination)

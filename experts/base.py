@@ -130,6 +130,11 @@ def _each(batch_call: Callable, images: Sequence[np.ndarray]) -> list:
 class TrainableExpert(Expert):
     """An expert whose weights coe trains itself (`coe experts train`)."""
 
+    @property
+    def needs_fakes(self) -> bool:
+        """False for experts that learn from real images alone (a real/ folder is training data enough)."""
+        return True
+
     @abstractmethod
     def fit(self, images: Sequence[np.ndarray], labels: np.ndarray) -> TrainableExpert:
         """Train on images with labels 1 = fake, 0 = real; returns self."""

@@ -117,15 +117,20 @@ class DescriptorExpert(TrainableExpert):
         (folder / META_FILE).write_text(json.dumps(self.meta, indent=2))
 
     def load(self, folder: Path) -> DescriptorExpert:
-        model_file, meta_file = folder / MODEL_FILE, folder / META_FILE
-        if not model_file.exists() or not meta_file.exists():
-            raise ExpertNotTrainedError(
-                f"expert {self.name!r}: no trained weights in {folder} "
-                f"(expected {MODEL_FILE} and {META_FILE}); run `coe experts train {self.name} --data DIR`"
-            )
-        meta = json.loads(meta_file.read_text())
-        if meta.get("family") != self.family:
-            raise WeightsFormatError(f"{folder} holds a {meta.get('family')!r} model, not {self.family!r}")
-        self.classifier = joblib.load(model_file)
-        self.meta = meta
+        self.meta = read_trained_meta(self, folder, MODEL_FILE)
+        self.classifier = joblib.load(folder / MODEL_FILE)
         return self
+
+
+def read_trained_meta(expert: TrainableExpert, folder: Path, model_file: str, hint: str = "") -> dict:
+    """The META_FILE beside `model_file` in `folder`, refused when either is missing or another
+    family wrote them; `hint` follows the advice to train."""
+    if not (folder / model_file).exists() or not (folder / META_FILE).exists():
+        raise ExpertNotTrainedError(
+            f"expert {expert.name!r}: no trained weights in {folder} (expected {model_file} and {META_FILE}); "
+            f"run `coe experts train {expert.name} --data DIR`{hint}"
+        )
+    meta = json.loads((folder / META_FILE).read_text())
+    if meta.get("family") != expert.family:
+        raise WeightsFormatError(f"{folder} holds a {meta.get('family')!r} model, not {expert.family!r}")
+    return meta
