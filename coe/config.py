@@ -48,6 +48,11 @@ class RouterConfig(StrictModel):
         default=None, ge=0.0, le=1.0,
         description="when training: the router abstains when the best P(correct) is lower (kept in the artifact)",
     )
+    novelty_quantile: float | None = Field(
+        default=0.99, gt=0.0, lt=1.0,
+        description="when training: the router abstains on images more novel than this share of its training images "
+        "(out of domain); null: no novelty gate",
+    )
     on_abstain: Literal["uncertain", "escalate"] = Field(
         default="uncertain",
         description="uncertain: answer 'uncertain'; escalate: also ask the next-ranked experts and merge their answers",

@@ -4,8 +4,8 @@ every baseline, and tuned to a cost budget.
 Training: outcome tables -> one sample per (benchmark, image, perturbation) with every
 configured expert's raw P(fake) -> routing features of the (perturbed) image, cached ->
 per-expert Platt calibration on the training side -> correctness of each calibrated expert ->
-a query-level or subject-level router -> evaluation on the held-out side -> a new artifact version
-that lists its training samples.
+a query-level or subject-level router, with a novelty gate on the training features -> evaluation
+on the held-out side -> a new artifact version that lists its training samples.
 
 Evaluation (`coe router eval`) leaves out every image the router was trained on, as the artifact
 lists them: a router judged on its own training images looks better than it is."""
@@ -194,7 +194,6 @@ def evaluate(
     p_fake = calibrated(samples.matrix, meta.calibration)
     p_correct = router.predict_correct(samples.features)
     chosen = router.utilities(p_correct).argmax(axis=1)
-    best = p_correct[np.arange(len(chosen)), chosen]
     groups = _groups(samples.matrix.samples)
     judged_trained = int(trained.sum()) if trained is not None else 0
     if judged_trained:
@@ -207,7 +206,7 @@ def evaluate(
         p_correct,
         chosen,
         groups,
-        abstained=best < router.abstain_below if router.abstain_below is not None else None,
+        abstained=router.abstains(samples.features),
     )
     return replace(evaluation, training_samples_left_out=left_out, training_samples_judged=judged_trained)
 
@@ -243,7 +242,10 @@ def train_router_from_outcomes(
     right = correctness(calibrated(train.matrix, calibration), train.matrix.is_fake)
     costs = [pool.cards[name].cost for name in names]
     settings = {"model": config.router.model, "cost_weight": config.router.cost_weight,
-                "abstain_below": config.router.abstain_below}
+                "abstain_below": config.router.abstain_below, "novelty_quantile": config.router.novelty_quantile,
+                # The descriptors measure the pixel statistics the experts learnt from, which decide
+                # whether their answers carry over; what the image shows (CLIP) does not.
+                "novelty_columns": extractor.descriptor_columns or None}
     if level == "query":
         router = QueryRouter(**settings).fit(train.features, right, names, costs)
     else:
@@ -264,6 +266,7 @@ def train_router_from_outcomes(
         experts=pool.identities(),
         expert_costs=dict(zip(names, costs, strict=True)),
         calibration=calibration,
+        novelty_threshold=router.novelty_.threshold_ if router.novelty_ is not None else None,
         training_data_hash=digest,
         n_train=len(train.features),
     )

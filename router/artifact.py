@@ -30,7 +30,8 @@ ROUTER_FILE = "router.joblib"
 META_FILE = "router.json"
 TRAINING_SAMPLES_FILE = "training_samples.txt"
 # 3: the artifact lists its training samples; older artifacts cannot say what they were trained on.
-FORMAT_VERSION = 3
+# 4: the router carries a novelty gate; older routers answer confidently on images unlike their training ones.
+FORMAT_VERSION = 4
 
 
 class RouterMismatchError(UserError, ValueError):
@@ -63,9 +64,14 @@ class RouterMeta(BaseModel):
     experts: dict[str, str] = Field(description="expert name -> identity (version and training data hash)")
     expert_costs: dict[str, float]
     calibration: dict[str, PlattCalibration] = {}
+    novelty_threshold: float | None = Field(
+        default=None, description="novelty above which the router abstains as out of domain; null: no novelty gate"
+    )
     training_data_hash: str = Field(description=f"sha256 of {TRAINING_SAMPLES_FILE}")
     n_train: int
-    metrics: dict[str, float | int | str] = {}
+    metrics: dict[str, float | int | str | None] = Field(
+        default={}, description="the held-out evaluation's headline; null where undefined (no oracle gap to close)"
+    )
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
 
@@ -154,7 +160,9 @@ def read_router_meta(path: Path) -> RouterMeta:
     found = data.get("format_version") if isinstance(data, dict) else None
     if found != FORMAT_VERSION:
         raise _unreadable(
-            meta_file, f"format {found}; this coe reads format {FORMAT_VERSION}, which lists the training samples"
+            meta_file,
+            f"format {found}; this coe reads format {FORMAT_VERSION}, which lists the training samples and carries "
+            "a novelty gate",
         )
     try:
         return RouterMeta.model_validate(data)

@@ -1,5 +1,6 @@
 """What every router shares: predicted P(correct) per expert, turned into a choice by the utility
-P(correct) - lambda * relative cost, with abstention when even the best expert is unlikely right."""
+P(correct) - lambda * relative cost, with abstention when even the best expert is unlikely right
+or when the image is unlike the router's training images (router.novelty)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 
 from coe.core.records import RankedExpert
+from router.novelty import NoveltyGate
 
 
 def relative_costs(costs: np.ndarray) -> np.ndarray:
@@ -15,10 +17,14 @@ def relative_costs(costs: np.ndarray) -> np.ndarray:
 
 
 class CostAwareRouter(BaseEstimator):
-    """Subclasses set `experts_` and `costs_` in `fit` and implement `predict_correct`."""
+    """Subclasses set `experts_` and `costs_` and call `fit_novelty` in `fit`, and implement
+    `predict_correct`."""
 
     cost_weight: float
     abstain_below: float | None
+    novelty_quantile: float | None
+    novelty_columns: int | None
+    random_state: int
 
     def predict_correct(self, features: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -43,8 +49,38 @@ class CostAwareRouter(BaseEstimator):
             for j in np.argsort(-utility, kind="stable")
         ]
 
-    def abstention(self, best: RankedExpert) -> str | None:
-        """Why the router abstains on an image whose best expert is `best`, or None."""
-        if self.abstain_below is None or best.p_correct >= self.abstain_below:
-            return None
-        return f"abstained: best P(correct)={best.p_correct:.2f} < {self.abstain_below:g}"
+    def _watched(self, features: np.ndarray) -> np.ndarray:
+        """The columns the novelty gate reads: the last `novelty_columns` (the forensic descriptors), or all."""
+        return features[:, -self.novelty_columns :] if self.novelty_columns else features
+
+    def fit_novelty(self, features: np.ndarray) -> None:
+        self.novelty_ = (
+            None if self.novelty_quantile is None
+            else NoveltyGate(quantile=self.novelty_quantile, random_state=self.random_state).fit(self._watched(features))
+        )
+
+    def novelty(self, features: np.ndarray) -> np.ndarray:
+        """Each image's distance from the training images (NaN everywhere without a gate)."""
+        return np.full(len(features), np.nan) if self.novelty_ is None else self.novelty_.score(self._watched(features))
+
+    def abstentions(self, p_correct: np.ndarray, novelty: np.ndarray) -> list[str | None]:
+        """Why the router abstains on each image, or None where it answers (the rule `decide` and
+        `abstains` both follow)."""
+        best = p_correct[np.arange(len(p_correct)), self.utilities(p_correct).argmax(axis=1)]
+        reasons = []
+        for best_p, score in zip(best, novelty, strict=True):
+            why = []
+            if self.abstain_below is not None and best_p < self.abstain_below:
+                why.append(f"best P(correct)={best_p:.2f} < {self.abstain_below:g}")
+            if self.novelty_ is not None and score > self.novelty_.threshold_:
+                why.append(
+                    f"out of domain: novelty {score:.1f} above {self.novelty_.threshold_:.1f}, which "
+                    f"{self.novelty_.quantile * 100:g}% of its training images stay under"
+                )
+            reasons.append(f"abstained: {'; '.join(why)}" if why else None)
+        return reasons
+
+    def abstains(self, features: np.ndarray) -> np.ndarray:
+        """Whether the router abstains on each image (what `decide` marks `abstained`)."""
+        reasons = self.abstentions(self.predict_correct(features), self.novelty(features))
+        return np.array([reason is not None for reason in reasons], dtype=bool)

@@ -224,6 +224,12 @@ class RoutingFeatures:
     def random_weights(self) -> bool:
         return self.clip.random_weights
 
+    @cached_property
+    def descriptor_columns(self) -> int:
+        """How many columns the forensic descriptors take at the end of each feature vector."""
+        probe = [np.zeros((64, 64, 3), dtype=np.uint8)]
+        return sum(np.asarray(describe(probe)).shape[1] for _, describe in self.descriptors.values())
+
     def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
         parts = [self.clip.embed(images)]
         parts += [np.asarray(describe(images), dtype=np.float32) for _, describe in self.descriptors.values()]

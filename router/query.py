@@ -38,11 +38,15 @@ class QueryRouter(CostAwareRouter):
         model: Literal["logreg", "lightgbm"] = "logreg",
         cost_weight: float = 0.0,
         abstain_below: float | None = None,
+        novelty_quantile: float | None = 0.99,
+        novelty_columns: int | None = None,
         random_state: int = 0,
     ):
         self.model = model
         self.cost_weight = cost_weight
         self.abstain_below = abstain_below
+        self.novelty_quantile = novelty_quantile
+        self.novelty_columns = novelty_columns
         self.random_state = random_state
 
     def fit(
@@ -62,6 +66,7 @@ class QueryRouter(CostAwareRouter):
             clone(template).fit(features, column) if 0 < column.sum() < len(column) else float(column.mean())
             for column in correct.T
         ]
+        self.fit_novelty(features)
         return self
 
     def predict_correct(self, features: np.ndarray) -> np.ndarray:
@@ -73,8 +78,9 @@ class QueryRouter(CostAwareRouter):
 
     def decide(self, features: np.ndarray, router_id: str) -> list[RoutingDecision]:
         p_correct = self.predict_correct(features)
+        novelty = self.novelty(features)
         decisions = []
-        for row_p in p_correct:
+        for row_p, score, abstained in zip(p_correct, novelty, self.abstentions(p_correct, novelty), strict=True):
             ranked = self.ranked(row_p)
             best = ranked[0]
             reason = (
@@ -82,11 +88,11 @@ class QueryRouter(CostAwareRouter):
                 + (f" - {self.cost_weight:g} x cost" if self.cost_weight else "")
                 + (f" (next: {ranked[1].expert} {ranked[1].p_correct:.2f})" if len(ranked) > 1 else "")
             )
-            abstained = self.abstention(best)
             decisions.append(
                 RoutingDecision(
                     router_id=router_id, level="query", ranked=ranked, chosen=best.expert,
                     abstained=abstained is not None, reason=reason if abstained is None else f"{abstained}; {reason}",
+                    novelty=None if np.isnan(score) else float(score),
                 )
             )
         return decisions

@@ -26,12 +26,16 @@ class SubjectRouter(CostAwareRouter):
         model: Literal["logreg", "lightgbm"] = "logreg",
         cost_weight: float = 0.0,
         abstain_below: float | None = None,
+        novelty_quantile: float | None = 0.99,
+        novelty_columns: int | None = None,
         min_support: int = 20,
         random_state: int = 0,
     ):
         self.model = model
         self.cost_weight = cost_weight
         self.abstain_below = abstain_below
+        self.novelty_quantile = novelty_quantile
+        self.novelty_columns = novelty_columns
         self.min_support = min_support
         self.random_state = random_state
 
@@ -63,6 +67,7 @@ class SubjectRouter(CostAwareRouter):
             self.classifier_ = clone(correctness_model(self.model, self.random_state)).fit(features, subjects)
         else:
             self.classifier_ = None
+        self.fit_novelty(features)
         return self
 
     def predict_subject(self, features: np.ndarray) -> np.ndarray:
@@ -86,8 +91,10 @@ class SubjectRouter(CostAwareRouter):
 
     def decide(self, features: np.ndarray, router_id: str) -> list[RoutingDecision]:
         subjects = self.predict_subject(features)
+        p_correct = np.stack([self.table_[subject] for subject in subjects])
+        novelty = self.novelty(features)
         decisions = []
-        for subject in subjects:
+        for subject, score, abstained in zip(subjects, novelty, self.abstentions(p_correct, novelty), strict=True):
             ranked = self.ranked(self.table_[subject])
             best = ranked[0]
             fallback = self.support_[subject] < self.min_support
@@ -95,11 +102,11 @@ class SubjectRouter(CostAwareRouter):
                 f"subject {subject!r}: {best.expert} was right on {best.p_correct:.0%} of "
                 + ("all training images (too few of this subject)" if fallback else "its training images")
             )
-            abstained = self.abstention(best)
             decisions.append(
                 RoutingDecision(
                     router_id=router_id, level="subject", subject=str(subject), ranked=ranked, chosen=best.expert,
                     abstained=abstained is not None, reason=reason if abstained is None else f"{abstained}; {reason}",
+                    novelty=None if np.isnan(score) else float(score),
                 )
             )
         return decisions

@@ -124,6 +124,14 @@ def test_artifact_round_trip_and_refusals(tmp_path):
         load_router(tmp_path, "open_clip/x/1", identities)
 
 
+def test_a_router_whose_best_single_expert_matches_the_oracle_still_loads(tmp_path):
+    """No oracle gap to close (every expert perfect on the held-out images): the share is undefined."""
+    features, correct = outcomes()
+    router = QueryRouter().fit(features, correct, EXPERTS, [1.0, 1.0, 1.0])
+    save_router(tmp_path / "r", router, meta(metrics={"oracle_gap_closed": float("nan"), "accuracy": 1.0}), TRAINING)
+    assert read_router_meta(tmp_path / "r").metrics == {"oracle_gap_closed": None, "accuracy": 1.0}
+
+
 def test_each_save_is_a_new_version_and_the_folder_loads_the_latest(tmp_path):
     features, correct = outcomes()
     identities = {"a": "1:aa", "b": "1:bb", "c": "1:cc"}
@@ -204,7 +212,7 @@ def test_a_format_2_artifact_which_cannot_say_what_it_trained_on_is_refused(tmp_
     old["format_version"] = 2
     (folder / META_FILE).write_text(json.dumps(old))
     assert not has_readable_artifact(tmp_path / "r")  # so the default router is rebuilt on first use
-    with pytest.raises(RouterMismatchError, match="format 2; this coe reads format 3.*training samples"):
+    with pytest.raises(RouterMismatchError, match="format 2; this coe reads format 4.*training samples.*novelty gate"):
         read_router_meta(tmp_path / "r")
 
 

@@ -173,6 +173,9 @@ class RoutingDecision(Record):
     ranked: list[RankedExpert] = []
     chosen: str | None
     abstained: bool = False
+    novelty: float | None = Field(
+        default=None, description="distance from the router's training images; above its gate's threshold it abstains"
+    )
     escalated_to: list[str] = Field(default=[], description="further experts consulted because the router abstained")
     reason: str
 
