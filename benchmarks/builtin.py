@@ -1,16 +1,20 @@
 """The built-in benchmark: real crops of photographs that installed packages ship, and fakes made
-from them by the SIMULATED artifacts of `benchmarks.simulators` (not real generators).
+from them: by default their reconstructions through a small autoencoder trained here when the
+benchmark is built (`benchmarks.autoencoder`), and on request the SIMULATED artifacts of
+`benchmarks.simulators` (not real generators).
 
 Every crop is one group: its real image and the fakes derived from it share a split, so an
 expert is never tested on a fake whose own real crop it was trained on. The three splits feed
 the three stages of Bench-CoE: `expert_train` trains the experts, `router_train` trains the
 router on the experts' outcomes, `test` evaluates the whole. The same seed always gives
-byte-identical images and manifest."""
+byte-identical images and manifest on one machine (the autoencoder trains with torch's
+deterministic algorithms; another CPU may round its arithmetic differently)."""
 
 from __future__ import annotations
 
 import csv
 import inspect
+import io
 import json
 import os
 import shutil
@@ -24,10 +28,14 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from benchmarks.simulators import SIMULATORS
+import benchmarks.autoencoder as autoencoder_module
+from benchmarks.autoencoder import Autoencoder, AutoencoderConfig
+from benchmarks.simulators import SIMULATORS, Simulator
 
 Split = Literal["expert_train", "router_train", "test"]
 REAL_GENERATOR = "real"
+AUTOENCODER = "autoencoder"
+GENERATORS = (AUTOENCODER, *SIMULATORS)
 
 
 class ManifestRow(BaseModel):
@@ -110,8 +118,19 @@ class BuiltinBenchmarkConfig(BaseModel):
     image_size: int = Field(
         default=256, ge=32, multiple_of=8, description="side of every image; photos smaller are skipped"
     )
-    fakes_per_generator: int = Field(default=120, ge=0)
-    generators: list[str] = list(SIMULATORS)
+    fakes_per_generator: int = Field(default=360, ge=0)
+    # The simulators are left out by default: experts trained on them learn the simulator, not what
+    # real generators leave (README, "The wild check"), and mixed in they dilute what carries over.
+    generators: list[str] = [AUTOENCODER]
+    autoencoder: AutoencoderConfig = AutoencoderConfig()
+    # Most photographs have been JPEG files; without this every built-in image would be one the
+    # experts, and the router's novelty gate, had never seen compressed.
+    jpeg_share: float = Field(
+        default=0.5, ge=0.0, le=1.0,
+        description="share of images, real and fake alike, given a JPEG history (encoded at a random quality of "
+        "jpeg_quality, decoded, stored as PNG like the rest)",
+    )
+    jpeg_quality: tuple[int, int] = (65, 95)
     max_crop_scale: float = Field(
         default=2.5, ge=1.0, description="crops span 1x to this many times image_size, then are downscaled"
     )
@@ -120,9 +139,9 @@ class BuiltinBenchmarkConfig(BaseModel):
     @field_validator("generators")
     @classmethod
     def _known_generators(cls, generators: list[str]) -> list[str]:
-        unknown = set(generators) - set(SIMULATORS)
+        unknown = set(generators) - set(GENERATORS)
         if unknown:
-            raise ValueError(f"unknown generators {sorted(unknown)}; known: {sorted(SIMULATORS)}")
+            raise ValueError(f"unknown generators {sorted(unknown)}; known: {sorted(GENERATORS)}")
         return generators
 
     @model_validator(mode="after")
@@ -181,6 +200,17 @@ def _real_crop(photo: np.ndarray, size: int, max_scale: float, rng: np.random.Ge
     return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
 
+def _with_jpeg_history(pixels: np.ndarray, config: BuiltinBenchmarkConfig, key: str) -> np.ndarray:
+    """The image, or (for a `jpeg_share` of images, drawn by its path) the image after a JPEG round trip."""
+    rng = np.random.default_rng(np.random.SeedSequence([config.seed, 2, zlib.crc32(key.encode())]))
+    if rng.random() >= config.jpeg_share:
+        return pixels
+    encoded = io.BytesIO()
+    Image.fromarray(pixels).save(encoded, format="JPEG", quality=int(rng.integers(*config.jpeg_quality, endpoint=True)))
+    with Image.open(encoded) as decoded:
+        return np.asarray(decoded.convert("RGB"))
+
+
 def _save_png(pixels: np.ndarray, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # Fast zlib level: files are a little larger, but building stays well under a minute.
@@ -189,19 +219,21 @@ def _save_png(pixels: np.ndarray, path: Path) -> None:
 
 def _readme(config: BuiltinBenchmarkConfig) -> str:
     def summary(generator: str) -> str:
-        """The first paragraph of the simulator's docstring, on one line."""
-        return " ".join(inspect.cleandoc(SIMULATORS[generator].__doc__).split("\n\n")[0].split())
+        """The first paragraph of the generator's docstring, on one line."""
+        documented = autoencoder_module if generator == AUTOENCODER else SIMULATORS[generator]
+        return " ".join(inspect.cleandoc(documented.__doc__).split("\n\n")[0].split())
 
     fingerprints = "\n".join(f"- {generator}: {summary(generator)}" for generator in config.generators)
-    return f"""# coe built-in benchmark: SIMULATED artifacts
+    return f"""# coe built-in benchmark: reconstructions and simulated artifacts
 
-The fakes here are NOT made by real generative models. Each is a crop of a real photograph with
+The fakes here are NOT made by real text-to-image generators. Each is a crop of a real photograph
+reconstructed by a small autoencoder trained when the benchmark was built (`autoencoder`), or with
 one simulated generator fingerprint imprinted by `benchmarks.simulators`:
 
 {fingerprints}
 
-Scores on this benchmark say whether an expert sees that fingerprint; they say nothing about
-real-world generators. Real images are crops of photographs that installed Python packages ship
+Scores on this benchmark say whether an expert sees these traces; they are not a measurement on
+real-world generators (`coe wild` is). Real images are crops of photographs that installed Python packages ship
 (scikit-image, scikit-learn, matplotlib): see the `source` column of manifest.csv. Ground-truth
 regions of local edits are under masks/.
 
@@ -236,6 +268,16 @@ def build_builtin_benchmark(out_dir: Path, config: BuiltinBenchmarkConfig | None
     return out_dir / MANIFEST_FILE
 
 
+def _fake_makers(config: BuiltinBenchmarkConfig, reals: list[np.ndarray]) -> dict[str, Simulator]:
+    """What makes each configured generator's fakes; the autoencoder learns from every real crop
+    first (it is the generator, not a detector: the splits keep detectors honest)."""
+    makers = {name: SIMULATORS[name] for name in config.generators if name in SIMULATORS}
+    if AUTOENCODER in config.generators and config.fakes_per_generator:
+        trained = Autoencoder(config.autoencoder, config.seed).fit(reals)
+        makers[AUTOENCODER] = lambda real, rng: (trained.reconstruct(real), None)
+    return makers
+
+
 def _write_benchmark(out_dir: Path, config: BuiltinBenchmarkConfig) -> None:
     photos = _load_photos(config.image_size)
     order_rng = _rng(config.seed, 0, 0)
@@ -249,8 +291,6 @@ def _write_benchmark(out_dir: Path, config: BuiltinBenchmarkConfig) -> None:
     reals = []
     for index in range(config.n_real):
         photo, pixels = photos[crop_photo[index]]
-        real = _real_crop(pixels, config.image_size, config.max_crop_scale, _rng(config.seed, 1, index))
-        reals.append(real)
         row = ManifestRow(
             path=f"real/{index:05d}.png",
             label="real",
@@ -259,6 +299,10 @@ def _write_benchmark(out_dir: Path, config: BuiltinBenchmarkConfig) -> None:
             split=crop_split[index],
             source=photo.name,
         )
+        real = _real_crop(pixels, config.image_size, config.max_crop_scale, _rng(config.seed, 1, index))
+        # Fakes are made from the real crop as saved, so an inpainted one is the saved crop outside its mask.
+        real = _with_jpeg_history(real, config, row.path)
+        reals.append(real)
         _save_png(real, out_dir / row.path)
         rows.append(row)
 
@@ -266,6 +310,7 @@ def _write_benchmark(out_dir: Path, config: BuiltinBenchmarkConfig) -> None:
         split: [i for i, s in enumerate(crop_split) if s == split] for split in config.split_fractions
     }
     fake_counts = split_sizes(config.fakes_per_generator, config.split_fractions)
+    makers = _fake_makers(config, reals)
     for generator_number, generator in enumerate(config.generators):
         stream = zlib.crc32(generator.encode())
         fake_index = 0
@@ -274,7 +319,7 @@ def _write_benchmark(out_dir: Path, config: BuiltinBenchmarkConfig) -> None:
                 # Each generator starts further along the split's crops, so a crop rarely feeds two.
                 crop = crops[(generator_number * fake_counts[split] + k) % len(crops)]
                 photo, _ = photos[crop_photo[crop]]
-                fake, mask = SIMULATORS[generator](reals[crop], _rng(config.seed, stream, fake_index))
+                fake, mask = makers[generator](reals[crop], _rng(config.seed, stream, fake_index))
                 row = ManifestRow(
                     path=f"fake/{generator}/{fake_index:05d}.png",
                     label="fake",
@@ -284,7 +329,8 @@ def _write_benchmark(out_dir: Path, config: BuiltinBenchmarkConfig) -> None:
                     source=photo.name,
                     mask_path="" if mask is None else f"masks/{generator}/{fake_index:05d}.png",
                 )
-                _save_png(fake, out_dir / row.path)
+                # A fake of its own making gets its own history; a local edit keeps its crop's.
+                _save_png(fake if mask is not None else _with_jpeg_history(fake, config, row.path), out_dir / row.path)
                 if mask is not None:
                     _save_png(mask.astype(np.uint8) * 255, out_dir / row.mask_path)
                 rows.append(row)

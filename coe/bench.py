@@ -33,7 +33,7 @@ def ensure_builtin_benchmark(
 ) -> Path:
     folder = config.home / BUILTIN_FOLDER
     if not (folder / MANIFEST_FILE).exists():
-        say(f"building the built-in benchmark (simulated artifacts) in {folder}")
+        say(f"building the built-in benchmark in {folder} (it trains the autoencoder that makes its fakes, about a minute)")
         build_builtin_benchmark(folder, benchmark or BuiltinBenchmarkConfig())
     return folder
 

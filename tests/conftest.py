@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.autoencoder import AutoencoderConfig
 from benchmarks.builtin import BuiltinBenchmarkConfig
 from benchmarks.random_checkpoints import TINY_CLIP_CONFIG, write_open_clip  # noqa: F401 (read here by tests)
 from coe.config import CoeConfig, load_config
@@ -14,7 +15,11 @@ from coe.core.torchvision_compat import ensure_torchvision_importable
 
 pytest_plugins = ["browser"]  # the `chromium` and `page` fixtures of tests/browser.py
 
-SMALL_BENCHMARK = BuiltinBenchmarkConfig(n_real=60, fakes_per_generator=20)
+# The default's autoencoder fakes (briefly trained) and inpainted ones, whose masks localisation is scored on.
+SMALL_BENCHMARK = BuiltinBenchmarkConfig(
+    n_real=60, fakes_per_generator=20, generators=["autoencoder", "inpaint_local"],
+    autoencoder=AutoencoderConfig(steps=150),
+)
 
 
 def save_tiny_clip(folder: Path, seed: int = 0) -> Path:

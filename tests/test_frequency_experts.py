@@ -22,11 +22,13 @@ from benchmarks.complementarity import (
     load_card,
     load_images,
 )
+from benchmarks.simulators import SIMULATORS
 from experts.base import ExpertCard, ExpertNotTrainedError, create_expert, expert_families
 from experts.classic import META_FILE, training_data_hash
 
 # Small enough to build and train in seconds, large enough for the complementarity to be measured.
-SMALL = BuiltinBenchmarkConfig(seed=0, n_real=240, fakes_per_generator=80)
+# The simulators: each imprints the trace one expert is built for.
+SMALL = BuiltinBenchmarkConfig(seed=0, n_real=240, fakes_per_generator=80, generators=list(SIMULATORS))
 
 
 @pytest.fixture(scope="module")

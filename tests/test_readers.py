@@ -279,7 +279,7 @@ def test_many_problems_list_the_first_twenty_and_count_the_rest(tmp_path):
 
 def test_builtin_reads_the_built_in_benchmark(tmp_path):
     folder = tmp_path / "builtin"
-    build_builtin_benchmark(folder, BuiltinBenchmarkConfig(n_real=6, fakes_per_generator=3, image_size=32))
+    build_builtin_benchmark(folder, BuiltinBenchmarkConfig(n_real=6, fakes_per_generator=3, image_size=32, generators=["inpaint_local"]))
     rows = read_builtin_manifest(folder, "test")
 
     items = read_benchmark(BenchmarkSpec(name="builtin", reader="builtin", root=folder, splits=["test"]))
