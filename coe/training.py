@@ -8,18 +8,13 @@ from rich.console import Console
 
 from coe.config import CoeConfig
 from coe.core.console import progress_bar, show
-from coe.core.errors import UserError
 from coe.core.imaging import ImageDecodeError, read_image
 from coe.core.names import readable
 from coe.ingest import discover
 from coe.models import expert_weights_folder
-from experts.base import ExpertCard, TrainableExpert, create_expert
+from experts.base import ExpertCard, TrainableExpert, TrainingDataError, create_expert
 
 CLASS_FOLDERS = {"real": 0, "0_real": 0, "fake": 1, "1_fake": 1}
-
-
-class TrainingDataError(UserError, ValueError):
-    pass
 
 
 def train_expert_on_folder(

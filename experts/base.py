@@ -60,6 +60,10 @@ class ExpertNotTrainedError(UserError, RuntimeError):
     pass
 
 
+class TrainingDataError(UserError, ValueError):
+    """Training images an expert cannot learn from (a class missing, too few)."""
+
+
 class Expert(ABC):
     """One forensic detector. Inputs are RGB uint8 arrays (H, W, 3) at the image's own size:
     frequency experts must see the original pixels, so no resizing happens before an expert."""
@@ -128,7 +132,16 @@ def _each(batch_call: Callable, images: Sequence[np.ndarray]) -> list:
 
 
 class TrainableExpert(Expert):
-    """An expert whose weights coe trains itself (`coe experts train`)."""
+    """An expert whose weights coe trains itself (`coe experts train`); `meta` records what it was
+    trained on (`training_data_hash` among it), which is what its identity changes with."""
+
+    def __init__(self, card: ExpertCard):
+        super().__init__(card)
+        self.meta: dict = {}
+
+    @property
+    def identity(self) -> str:
+        return f"{self.card.version}:{self.meta.get('training_data_hash', 'untrained')[:12]}"
 
     @property
     def needs_fakes(self) -> bool:

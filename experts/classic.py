@@ -23,7 +23,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from experts.base import ExpertNotTrainedError, TrainableExpert
+from experts.base import ExpertNotTrainedError, TrainableExpert, TrainingDataError
 from experts.weights import WeightsFormatError
 
 MODEL_FILE = "model.joblib"
@@ -59,11 +59,6 @@ class DescriptorExpert(TrainableExpert):
     def __init__(self, card):
         super().__init__(card)
         self.classifier: Pipeline | None = None
-        self.meta: dict = {}
-
-    @property
-    def identity(self) -> str:
-        return f"{self.card.version}:{self.meta.get('training_data_hash', 'untrained')[:12]}"
 
     def describe(self, image: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -77,7 +72,7 @@ class DescriptorExpert(TrainableExpert):
     def fit(self, images: Sequence[np.ndarray], labels: np.ndarray) -> DescriptorExpert:
         labels = np.asarray(labels, dtype=int)
         if set(np.unique(labels)) != {0, 1}:
-            raise ValueError(f"expert {self.name!r} needs both real (0) and fake (1) training images")
+            raise TrainingDataError(f"expert {self.name!r} needs both real (0) and fake (1) training images")
         descriptors = self.describe_batch(images)
         train_x, val_x, train_y, val_y = train_test_split(
             descriptors, labels, test_size=0.25, random_state=0, stratify=labels
@@ -85,21 +80,11 @@ class DescriptorExpert(TrainableExpert):
         held_out = self._new_classifier().fit(train_x, train_y)
         val_p = held_out.predict_proba(val_x)[:, 1]
         self.classifier = self._new_classifier().fit(descriptors, labels)
-        self.meta = {
-            "name": self.name,
-            "family": self.family,
-            "version": self.card.version,
-            "params": self.params.model_dump(),
-            "training_data_hash": training_data_hash(images, labels),
-            "n_train": {"real": int((labels == 0).sum()), "fake": int((labels == 1).sum())},
-            "metrics": {
-                "holdout_accuracy": float(accuracy_score(val_y, val_p >= 0.5)),
-                "holdout_auc": float(roc_auc_score(val_y, val_p)),
-                "holdout_size": len(val_y),
-            },
-            "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "versions": {"scikit-learn": sklearn.__version__, "python": platform.python_version()},
-        }
+        self.meta = trained_meta(self, images, labels, {
+            "holdout_accuracy": float(accuracy_score(val_y, val_p >= 0.5)),
+            "holdout_auc": float(roc_auc_score(val_y, val_p)),
+            "holdout_size": len(val_y),
+        })
         return self
 
     def predict_proba(self, images: Sequence[np.ndarray]) -> np.ndarray:
@@ -120,6 +105,21 @@ class DescriptorExpert(TrainableExpert):
         self.meta = read_trained_meta(self, folder, MODEL_FILE)
         self.classifier = joblib.load(folder / MODEL_FILE)
         return self
+
+
+def trained_meta(expert: TrainableExpert, images: Sequence[np.ndarray], labels: np.ndarray, metrics: dict) -> dict:
+    """What a trained expert records: who it is, the images (and labels) it learnt from, how it did."""
+    return {
+        "name": expert.name,
+        "family": expert.family,
+        "version": expert.card.version,
+        "params": expert.params.model_dump(),
+        "training_data_hash": training_data_hash(images, labels),
+        "n_train": {"real": int((labels == 0).sum()), "fake": int((labels == 1).sum())},
+        "metrics": metrics,
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": {"scikit-learn": sklearn.__version__, "python": platform.python_version()},
+    }
 
 
 def read_trained_meta(expert: TrainableExpert, folder: Path, model_file: str, hint: str = "") -> dict:

@@ -27,15 +27,12 @@ regression over every level's gap learns which direction and level separate them
 from __future__ import annotations
 
 import json
-import platform
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import joblib
 import numpy as np
-import sklearn
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.stats import laplace
 from sklearn.linear_model import LinearRegression, LogisticRegression
@@ -43,8 +40,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from experts.base import ExpertNotTrainedError, TrainableExpert, register_expert
-from experts.classic import META_FILE, MaxSide, read_trained_meta, training_data_hash
+from experts.base import ExpertNotTrainedError, TrainableExpert, TrainingDataError, register_expert
+from experts.classic import META_FILE, MaxSide, read_trained_meta, trained_meta
 from experts.pixels import centre_crop, grey_pixels
 from experts.weights import WeightsFormatError
 
@@ -208,11 +205,6 @@ class ZedExpert(TrainableExpert):
         self.coder: Coder | None = None
         self.real_gaps: np.ndarray | None = None  # level-0 gaps of real images the coder never saw, sorted
         self.head: Pipeline | None = None
-        self.meta: dict = {}
-
-    @property
-    def identity(self) -> str:
-        return f"{self.card.version}:{self.meta.get('training_data_hash', 'untrained')[:12]}"
 
     @property
     def needs_fakes(self) -> bool:
@@ -234,9 +226,11 @@ class ZedExpert(TrainableExpert):
         labels = np.asarray(labels, dtype=int)
         real = [self.grey(image) for image, label in zip(images, labels, strict=True) if label == 0]
         if len(real) < 2 * FOLDS:
-            raise ValueError(f"expert {self.name!r} needs at least {2 * FOLDS} real training images, got {len(real)}")
+            raise TrainingDataError(
+                f"expert {self.name!r} needs at least {2 * FOLDS} real training images, got {len(real)}"
+            )
         if self.params.use_fakes and set(np.unique(labels)) != {0, 1}:
-            raise ValueError(f"expert {self.name!r} has use_fakes: true and needs real (0) and fake (1) images")
+            raise TrainingDataError(f"expert {self.name!r} has use_fakes: true and needs real (0) and fake (1) images")
         # Each real image is scored by a coder fitted on the other fold, so the reference gaps (and
         # the head's real rows) are what an unseen real photo gives, not the coder's own training set.
         fold = np.arange(len(real)) % FOLDS
@@ -261,17 +255,7 @@ class ZedExpert(TrainableExpert):
             metrics["training_auc"] = float(roc_auc_score(y, self.head.predict_proba(x)[:, 1]))
             used = np.ones(len(labels), dtype=bool)
         chosen = [image for image, keep in zip(images, used, strict=True) if keep]
-        self.meta = {
-            "name": self.name,
-            "family": self.family,
-            "version": self.card.version,
-            "params": self.params.model_dump(),
-            "training_data_hash": training_data_hash(chosen, labels[used]),
-            "n_train": {"real": len(real), "fake": int((labels[used] == 1).sum())},
-            "metrics": metrics,
-            "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "versions": {"scikit-learn": sklearn.__version__, "python": platform.python_version()},
-        }
+        self.meta = trained_meta(self, chosen, labels[used], metrics)
         return self
 
     def predict_proba(self, images: Sequence[np.ndarray]) -> np.ndarray:

@@ -30,7 +30,8 @@ class NoveltyGate(BaseEstimator):
         features = np.asarray(features, dtype=float)
         # 5 folds rather than 2: gates fitted on half the images score fresh ones differently from the
         # final gate fitted on all (on 300-dimensional Gaussians a 2-fold 0.99 threshold flags 2-3 %).
-        folds = list(KFold(n_splits=self.n_splits, shuffle=True, random_state=self.random_state).split(features))
+        splits = min(self.n_splits, len(features))  # a router trained on a handful of images still gets a gate
+        folds = list(KFold(n_splits=splits, shuffle=True, random_state=self.random_state).split(features))
         held_out = np.concatenate(
             [self._distances(self._density(features[fit]), features[scored]) for fit, scored in folds]
         )

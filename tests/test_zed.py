@@ -14,6 +14,7 @@ from scipy.ndimage import gaussian_filter
 from skimage import data
 from sklearn.metrics import roc_auc_score
 
+from coe.core.errors import UserError
 from experts.base import ExpertCard, ExpertNotTrainedError, create_expert
 from experts.weights import WeightsFormatError
 from experts.zed import Coder, integer_grey
@@ -84,6 +85,9 @@ def test_use_fakes_fits_a_head_over_the_levels_gaps(tmp_path):
     np.testing.assert_array_equal(loaded.predict_proba(held_out), expert.predict_proba(held_out))
     with pytest.raises(ValueError, match="needs real"):
         create_expert(zed(use_fakes=True)).fit(images, np.zeros(20))
+    # A user's mistake, told in one line by the CLI rather than as a traceback.
+    with pytest.raises(UserError, match="at least 4 real training images, got 3"):
+        create_expert(zed()).fit(images[:3], np.zeros(3))
 
 
 def test_save_then_load_gives_identical_probabilities(trained, tmp_path):
