@@ -140,6 +140,33 @@ def even_centre_crop(image: np.ndarray, max_side: int | None) -> np.ndarray:
     return image[top : top + crop_height, left : left + crop_width]
 
 
+def imagenet_normalised(pixels: np.ndarray) -> np.ndarray:
+    """uint8 RGB (H, W, 3) -> float32, ImageNet mean and std, as the network's input expects."""
+    mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
+    std = np.asarray(IMAGENET_STD, dtype=np.float32)
+    return (pixels / np.float32(255.0) - mean) / std
+
+
+def score_images(
+    network: NPRNetwork, images: Sequence[np.ndarray], max_side: int | None, batch_size: int,
+    device: torch.device, dtype: torch.dtype,
+) -> np.ndarray:
+    """P(fake) of each image at its own size (even_centre_crop), images of one size batched together."""
+    pixels = [imagenet_normalised(even_centre_crop(image, max_side)) for image in images]
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for index, array in enumerate(pixels):
+        by_size.setdefault(array.shape[:2], []).append(index)
+    probabilities = np.zeros(len(images), dtype=np.float64)
+    with torch.inference_mode():
+        for indices in by_size.values():
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start : start + batch_size]
+                batch = torch.from_numpy(np.stack([pixels[i] for i in chunk])).permute(0, 3, 1, 2)
+                logits = network(batch.to(device, dtype))
+                probabilities[chunk] = torch.sigmoid(logits.float()).squeeze(1).cpu().numpy()
+    return probabilities
+
+
 class NPRParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     device: str = "auto"
@@ -192,22 +219,7 @@ class NPRExpert(PretrainedExpert):
     def predict_proba(self, images: Sequence[np.ndarray]) -> np.ndarray:
         if self.network is None:
             raise RuntimeError(f"expert {self.name!r}: call load() before predicting")
-        mean = np.asarray(IMAGENET_MEAN, dtype=np.float32)
-        std = np.asarray(IMAGENET_STD, dtype=np.float32)
-        crops = [even_centre_crop(image, self.params.max_side) for image in images]
-        pixels = [(crop / np.float32(255.0) - mean) / std for crop in crops]
-        by_size: dict[tuple[int, int], list[int]] = {}
-        for index, array in enumerate(pixels):
-            by_size.setdefault(array.shape[:2], []).append(index)
-        probabilities = np.zeros(len(images), dtype=np.float64)
-        with torch.inference_mode():
-            for indices in by_size.values():
-                for start in range(0, len(indices), self.params.batch_size):
-                    chunk = indices[start : start + self.params.batch_size]
-                    batch = torch.from_numpy(np.stack([pixels[i] for i in chunk])).permute(0, 3, 1, 2)
-                    logits = self.network(batch.to(self.device, self.dtype))
-                    probabilities[chunk] = torch.sigmoid(logits.float()).squeeze(1).cpu().numpy()
-        return probabilities
+        return score_images(self.network, images, self.params.max_side, self.params.batch_size, self.device, self.dtype)
 
     @classmethod
     def full_size_footprint(cls, params: NPRParams) -> Footprint:

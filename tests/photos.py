@@ -36,3 +36,14 @@ def read_rgb(path: Path) -> np.ndarray:
 def photo_arrays(folder: Path, photos: Sequence[Photo]) -> list[np.ndarray]:
     """The photos as an expert sees them after a round trip through their files."""
     return [read_rgb(path) for path in write_photos(folder, photos)]
+
+
+def random_crops(photos: Sequence[np.ndarray], side: int, seed: int, per_photo: int) -> list[np.ndarray]:
+    """`per_photo` random side x side crops of each photo, the same for the same seed."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for photo in photos:
+        for _ in range(per_photo):
+            top, left = rng.integers(0, photo.shape[0] - side), rng.integers(0, photo.shape[1] - side)
+            out.append(np.ascontiguousarray(photo[top : top + side, left : left + side]))
+    return out

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
+from photos import random_crops
 from scipy.ndimage import gaussian_filter
 from skimage import data
 from sklearn.metrics import roc_auc_score
@@ -24,13 +25,7 @@ SIDE = 128
 
 
 def crops(seed: int, per_photo: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for photo in PHOTOS:
-        for _ in range(per_photo):
-            top, left = rng.integers(0, photo.shape[0] - SIDE), rng.integers(0, photo.shape[1] - SIDE)
-            out.append(np.ascontiguousarray(photo[top : top + SIDE, left : left + SIDE]))
-    return out
+    return random_crops(PHOTOS, SIDE, seed, per_photo)
 
 
 def smoothed(image: np.ndarray) -> np.ndarray:
