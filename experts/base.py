@@ -2,7 +2,8 @@
 
 A family is a class registered with `@register_expert("family")`; a card names a family, its
 trained weights and its cost. `create_expert(card)` is the only way the rest of coe builds one,
-as open_clip's `create_model` is for models."""
+as open_clip's `create_model` is for models. Most experts judge pixels (`Expert`); a `FileExpert`
+reads what a file's bytes say about its origin (`Provenance`) before any pixel is decoded."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from coe.core.errors import UserError
-from coe.core.records import ErrorCode, ErrorInfo, ExpertOutput, Localization
+from coe.core.records import ErrorCode, ErrorInfo, ExpertOutput, Localization, Provenance
 
 Capability = Literal["detect", "localize", "explain"]
 
@@ -64,9 +65,9 @@ class TrainingDataError(UserError, ValueError):
     """Training images an expert cannot learn from (a class missing, too few)."""
 
 
-class Expert(ABC):
-    """One forensic detector. Inputs are RGB uint8 arrays (H, W, 3) at the image's own size:
-    frequency experts must see the original pixels, so no resizing happens before an expert."""
+class CardExpert(ABC):
+    """What every expert has, whatever it reads: its card, the card's params validated, a name and
+    an identity."""
 
     family: ClassVar[str]
     Params: ClassVar[type[BaseModel]]
@@ -83,6 +84,21 @@ class Expert(ABC):
     def identity(self) -> str:
         """What outcome tables and run folders record, so that changed weights are never mixed up."""
         return self.card.version
+
+
+class FileExpert(CardExpert):
+    """Reads what a file's bytes say about its origin (signed manifests, metadata, watermarks),
+    graded as evidence. It never raises, whatever the bytes: a reader that fails is recorded in
+    `Provenance.error`; and its time and memory are bounded by its parameters, not by the file."""
+
+    @abstractmethod
+    def inspect(self, data: bytes) -> Provenance:
+        """The evidence in one file's bytes; no evidence is grade none, never "real"."""
+
+
+class Expert(CardExpert):
+    """One forensic detector. Inputs are RGB uint8 arrays (H, W, 3) at the image's own size:
+    frequency experts must see the original pixels, so no resizing happens before an expert."""
 
     @abstractmethod
     def predict_proba(self, images: Sequence[np.ndarray]) -> np.ndarray:
@@ -192,11 +208,11 @@ class Localizer(ABC):
         """One Localization per image; masks attached in memory at each image's own size."""
 
 
-_REGISTRY: dict[str, type[Expert]] = {}
+_REGISTRY: dict[str, type[CardExpert]] = {}
 
 
-def register_expert(family: str) -> Callable[[type[Expert]], type[Expert]]:
-    def decorate(cls: type[Expert]) -> type[Expert]:
+def register_expert(family: str) -> Callable[[type[CardExpert]], type[CardExpert]]:
+    def decorate(cls: type[CardExpert]) -> type[CardExpert]:
         if family in _REGISTRY:
             raise ValueError(f"expert family {family!r} registered twice")
         cls.family = family
@@ -206,7 +222,7 @@ def register_expert(family: str) -> Callable[[type[Expert]], type[Expert]]:
     return decorate
 
 
-def expert_families() -> dict[str, type[Expert]]:
+def expert_families() -> dict[str, type[CardExpert]]:
     """Every family: those registered so far and those of every module in the experts package."""
     import experts
 
@@ -216,7 +232,7 @@ def expert_families() -> dict[str, type[Expert]]:
     return dict(_REGISTRY)
 
 
-def create_expert(card: ExpertCard) -> Expert:
+def create_expert(card: ExpertCard) -> CardExpert:
     family = _REGISTRY.get(card.family) or _import_family(card.family)
     if family is None:
         raise KeyError(
@@ -225,7 +241,7 @@ def create_expert(card: ExpertCard) -> Expert:
     return family(card)
 
 
-def _import_family(family: str) -> type[Expert] | None:
+def _import_family(family: str) -> type[CardExpert] | None:
     """A built-in family lives in the module of its name (torch and friends load only when a card
     needs them); a family registered elsewhere is found by importing every module."""
     if family.isidentifier() and importlib.util.find_spec(f"experts.{family}") is not None:

@@ -180,6 +180,44 @@ class RoutingDecision(Record):
     reason: str
 
 
+EvidenceGrade = Literal["proof", "claim", "hint", "none"]
+ProvenanceSays = Literal["generated", "ai_edited", "captured", "edited", "unknown"]
+# Which way each `says` points a real-or-generated verdict; edited (no AI named) and unknown point nowhere.
+POINTS_TOWARDS: dict[str, Label] = {"generated": "fake", "ai_edited": "fake", "captured": "real"}
+
+
+class ProvenanceFinding(Record):
+    """One piece of evidence a file carries about its origin, graded: `proof` (a trusted signed
+    manifest, a verified signature) decides a verdict; `claim` (unsigned metadata naming a generator,
+    a valid but untrusted manifest) is a strong prior; `hint` a weak one."""
+
+    source: str = Field(description="what was read: c2pa, iptc, a1111, comfyui, invokeai, fooocus, novelai, "
+                        "midjourney, flux, openai_exif, watermark, camera_exif, jpeg_tables, ...")
+    grade: EvidenceGrade
+    says: ProvenanceSays
+    generator: str | None = Field(default=None, description="the generator or tool the evidence names")
+    model: str | None = Field(default=None, description="the model (checkpoint) the evidence names")
+    signer: str | None = None
+    validation: Literal["trusted", "valid", "invalid"] | None = Field(
+        default=None, description="a C2PA manifest's validation state; invalid is reported, never read as fake"
+    )
+    detail: str = Field(description="one sentence a user reads")
+    fields: dict[str, str] = Field(default={}, description="the raw fields that mattered (values truncated)")
+
+
+class Provenance(Record):
+    """What a file says about where it came from. No finding is no evidence (grade none), never "real"."""
+
+    grade: EvidenceGrade = "none"
+    says: ProvenanceSays = "unknown"
+    source: str | None = Field(default=None, description="the strongest finding's source")
+    generator: str | None = None
+    signer: str | None = None
+    findings: list[ProvenanceFinding] = []
+    latency_ms: float = 0.0
+    error: str | None = Field(default=None, description="a reader that failed; the file is judged on pixels")
+
+
 class Verdict(Record):
     """One row of `coe route` output: one per input path, errors included."""
 
@@ -197,6 +235,7 @@ class Verdict(Record):
     expert_outputs: list[ExpertOutput] = []
     localization: Localization | None = None
     routing: RoutingDecision | None = None
+    provenance: Provenance | None = None
     image: ImageRecord | None = None
     features: str | None = None
     random_weights: bool = False
