@@ -60,9 +60,44 @@ class RouterConfig(StrictModel):
     escalate_to: int = Field(default=2, ge=2, description="how many top-ranked experts an escalated image goes to")
 
 
+class LikelihoodRatios(StrictModel):
+    towards_fake: float = Field(ge=1.0, description="for evidence that the image was generated or edited with AI")
+    towards_real: float = Field(ge=1.0, description="for evidence that it was captured by a camera")
+
+
 class MergerConfig(StrictModel):
     uncertain_low: float = Field(default=0.35, ge=0.0, le=0.5)
     uncertain_high: float = Field(default=0.65, ge=0.5, le=1.0)
+    claim_likelihood_ratio: LikelihoodRatios = Field(
+        default=LikelihoodRatios(towards_fake=1000.0, towards_real=19.0),
+        description="how much more likely a provenance claim (unsigned metadata naming a generator, a valid but "
+        "untrusted manifest) is when the image is what it says; it multiplies the pixel experts' odds its way. "
+        "Towards real it is weaker: a forger gains by making a fake say `captured`, rarely a photo say `generated`",
+    )
+    hint_likelihood_ratio: LikelihoodRatios = Field(
+        default=LikelihoodRatios(towards_fake=2.0, towards_real=2.0),
+        description="the same for a provenance hint (camera EXIF, a weak watermark hit), weak evidence",
+    )
+    pixel_confidence: float = Field(
+        default=0.98, gt=0.5, lt=1.0,
+        description="before provenance weighs in, the pixel answer is held within [1 - this, this]: the experts' "
+        "calibration comes from the built-in benchmark and is overconfident on real generators",
+    )
+
+    @model_validator(mode="after")
+    def _claims_outweigh_hints(self) -> MergerConfig:
+        for way in ("towards_fake", "towards_real"):
+            if getattr(self.hint_likelihood_ratio, way) > getattr(self.claim_likelihood_ratio, way):
+                raise ValueError(f"hint_likelihood_ratio.{way} must not exceed claim_likelihood_ratio.{way}")
+        return self
+
+
+class ProvenanceConfig(StrictModel):
+    expert: str | None = Field(
+        default="provenance",
+        description="the card that reads what each file says about its origin (C2PA manifests, IPTC, generator "
+        "metadata, EXIF) before routing; null: provenance is not read and images are judged on pixels alone",
+    )
 
 
 class LocalizeConfig(StrictModel):
@@ -95,6 +130,7 @@ class CoeConfig(StrictModel):
     features: FeaturesConfig = FeaturesConfig()
     router: RouterConfig = RouterConfig()
     merger: MergerConfig = MergerConfig()
+    provenance: ProvenanceConfig = ProvenanceConfig()
     localize: LocalizeConfig = LocalizeConfig()
     run: RunConfig = RunConfig()
 

@@ -1,16 +1,28 @@
 """The merger: turns the routed expert's output (or, for an escalated image, the outputs of the
 experts it was escalated to) into the verdict users read — a calibrated p_fake, a label real /
 fake / uncertain, who decided, and why — and gathers the evidence: the experts' explanations, the
-artifacts they localised (phrase, category, mask) and the mask the verdict shows."""
+artifacts they localised (phrase, category, mask) and the mask the verdict shows.
+
+What the file itself says about its origin (`Provenance`) is weighed by grade: a proof settles the
+image before any pixel is looked at (`settle`); a claim or a hint multiplies the pixel experts'
+odds by the configured likelihood ratio, the way it points (`merge`); a finding of grade none, and
+no finding at all, change nothing: missing metadata is no evidence of a real photo."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from pydantic import BaseModel
 
 from coe.config import MergerConfig
-from coe.core.records import ExpertOutput, Localization, RoutingDecision, VerdictLabel
+from coe.core.records import (
+    POINTS_TOWARDS, EvidenceGrade, ExpertOutput, Label, Localization, Provenance, ProvenanceFinding, RoutingDecision,
+    VerdictLabel,
+)
 from router.calibration import PlattCalibration
+
+PROVENANCE = "provenance"  # decided_by for what a proof settled, and the suffix when provenance moved p_fake
 
 
 class MergedVerdict(BaseModel):
@@ -20,6 +32,33 @@ class MergedVerdict(BaseModel):
     reason: str
     explanation: str
     mask_file: str | None = None
+
+
+class Evidence(BaseModel):
+    """The provenance findings the merger acts on: those of the record's grade that point a way
+    (`experts.provenance.summarise` chose the grade). `towards` is None when they disagree, and
+    then nothing is applied."""
+
+    grade: EvidenceGrade
+    towards: Label | None
+    findings: list[ProvenanceFinding]
+
+    @classmethod
+    def strongest(cls, provenance: Provenance | None) -> Evidence | None:
+        if provenance is None or provenance.grade == "none":
+            return None
+        pointing = [f for f in provenance.findings if f.grade == provenance.grade and f.says in POINTS_TOWARDS]
+        if not pointing:
+            return None
+        return cls(grade=provenance.grade, towards=POINTS_TOWARDS.get(provenance.says), findings=pointing)
+
+    def said(self) -> str:
+        """`claim (a1111): PNG parameters name ...; claim (iptc): ...`; a proof names its signer."""
+        return "; ".join(
+            f"{self.grade} ({finding.source}{f', signed by {finding.signer}' if finding.signer else ''}): "
+            f"{finding.detail}"
+            for finding in self.findings
+        )
 
 
 class Merger:
@@ -38,13 +77,33 @@ class Merger:
         calibration = self.calibration.get(output.expert)
         return float(calibration.apply(output.p_fake)) if calibration else output.p_fake
 
+    def settle(self, provenance: Provenance | None) -> MergedVerdict | None:
+        """The verdict a proof decides on its own (no router, no pixel expert), or None: the image
+        is routed. A proof that names no direction (an edit without AI), or proofs that disagree,
+        settle nothing."""
+        evidence = Evidence.strongest(provenance)
+        if evidence is None or evidence.grade != "proof" or evidence.towards is None:
+            return None
+        label: VerdictLabel = evidence.towards
+        return MergedVerdict(
+            label=label,
+            p_fake=1.0 if label == "fake" else 0.0,
+            decided_by=PROVENANCE,
+            reason=f"{label}: {evidence.said()}; settled by provenance, not routed",
+            explanation=self._provenance_explained(provenance),
+        )
+
     def merge(
-        self, decision: RoutingDecision, outputs: list[ExpertOutput], localization: Localization | None = None
+        self, decision: RoutingDecision, outputs: list[ExpertOutput], localization: Localization | None = None,
+        provenance: Provenance | None = None,
     ) -> MergedVerdict:
         """`outputs`: the routed expert's first, then those of the experts it was escalated to;
         `localization`: what the localising expert found once the verdict was known. It adds
-        evidence (explanation, artifacts, the mask shown) and never changes the label."""
+        evidence (explanation, artifacts, the mask shown) and never changes the label. `provenance`:
+        what the file says; a claim or a hint moves p_fake (a proof is `settle`'s)."""
         merged = self._merge_escalated(decision, outputs) if len(outputs) > 1 else self._merge_one(decision, outputs[0])
+        if provenance is not None:
+            merged = self._weigh_provenance(merged, decision, provenance)
         # The mask shown is the localiser's, else that of the first expert (the routed one) that gave one.
         evidence = [localization, *outputs] if localization else outputs
         merged.mask_file = next((item.union_mask_file for item in evidence if item.union_mask_file), None)
@@ -88,6 +147,47 @@ class Merger:
             f"{decision.router_id}: {decision.reason}",
             explanation="; ".join(self._explained(output) for output in outputs),
         )
+
+    def _weigh_provenance(self, merged: MergedVerdict, decision: RoutingDecision, provenance: Provenance) -> MergedVerdict:
+        """Bayes in log-odds: the pixel answer's odds times the likelihood ratio of the strongest
+        claim or hint, towards the side it points. A router's abstention (pixel experts outside
+        their domain) stands against a hint; a claim, independent of the pixels, lifts it."""
+        explanation = "; ".join(part for part in (self._provenance_explained(provenance), merged.explanation) if part)
+        evidence = Evidence.strongest(provenance)
+        if evidence is None or evidence.grade == "proof":  # a proof that settled nothing moves nothing either
+            return merged.model_copy(update={"explanation": explanation})
+        if evidence.towards is None:
+            return merged.model_copy(update={
+                "explanation": explanation,
+                "reason": f"{merged.reason}; provenance disagrees with itself, nothing applied: {evidence.said()}",
+            })
+        ratios = self.config.claim_likelihood_ratio if evidence.grade == "claim" else self.config.hint_likelihood_ratio
+        ratio = getattr(ratios, f"towards_{evidence.towards}")
+        # The pixel experts' calibration is the built-in benchmark's, overconfident on real generators
+        # (coe wild): their answer is held within the configured confidence before evidence weighs in.
+        bound = self.config.pixel_confidence
+        pixel = min(max(merged.p_fake, 1.0 - bound), bound)
+        log_odds = math.log(pixel / (1.0 - pixel)) + (1 if evidence.towards == "fake" else -1) * math.log(ratio)
+        p_fake = 1.0 / (1.0 + math.exp(-log_odds))
+        abstention_stands = decision.abstained and not decision.escalated_to and evidence.grade == "hint"
+        label = "uncertain" if abstention_stands else self.label_for(p_fake)
+        stands = "; the router's abstention stands against a hint" if abstention_stands else ""
+        return merged.model_copy(update={
+            "label": label,
+            "p_fake": p_fake,
+            "decided_by": f"{merged.decided_by}+{PROVENANCE}",
+            "reason": f"{label}: {evidence.said()}; pixel p_fake {merged.p_fake:.2f} -> {p_fake:.2f} (likelihood ratio "
+            f"{ratio:g} towards {evidence.towards}){stands}; the pixels alone: {merged.reason}",
+            "explanation": explanation,
+        })
+
+    @staticmethod
+    def _provenance_explained(provenance: Provenance) -> str:
+        """Every finding, weighed or not (an invalid manifest included); nothing when there is none."""
+        lines = [f"{finding.grade} ({finding.source}): {finding.detail}" for finding in provenance.findings]
+        if provenance.error:
+            lines.insert(0, f"could not be fully read ({provenance.error})")
+        return f"provenance: {'; '.join(lines)}" if lines else ""
 
     def _in_band(self, p_fake: float) -> str:
         band = f"{self.config.uncertain_low:g}-{self.config.uncertain_high:g}"

@@ -1,6 +1,8 @@
-"""`coe route` as a Python API: ingest -> decode -> CLIP features -> router -> experts -> merger
--> (localiser for the verdicts that want one) -> ledger, chunk by chunk, so that memory stays flat
-and an interrupted run resumes."""
+"""`coe route` as a Python API: ingest -> decode (and read what each file says about its origin from
+the same bytes) -> CLIP features -> router -> experts -> merger -> (localiser for the verdicts that
+want one) -> ledger, chunk by chunk, so that memory stays flat and an interrupted run resumes. An
+image whose file carries a proof of origin (a trusted signed manifest) is settled there: it is
+neither embedded, nor routed, nor judged by a pixel expert."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from collections import defaultdict
 from contextlib import closing
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -18,9 +21,9 @@ from rich.console import Console
 from coe.config import CoeConfig, load_expert_card
 from coe.core.console import plain_console, progress_bar, show
 from coe.core.errors import UserError
-from coe.core.imaging import DecodedImage, ImageDecodeError, read_image
+from coe.core.imaging import DecodedImage, ImageDecodeError, decode_image_bytes, read_regular_file
 from coe.core.masks import save_masks
-from coe.core.records import ErrorCode, ErrorInfo, ExpertOutput, Localization, RoutingDecision, Verdict
+from coe.core.records import ErrorCode, ErrorInfo, ExpertOutput, Localization, Provenance, RoutingDecision, Verdict
 from coe.core.thumbnails import write_thumbnail
 from coe.ingest import IngestItem, discover
 from coe.ledger import RUN_FILE, Ledger, check_run_identity, finished_earlier, record_request
@@ -28,7 +31,7 @@ from coe.merger import Merger
 from coe.models import ExpertPool, open_feature_cache, routing_features
 from coe.reports.run_report import write_run_report
 from coe.results import RunSummary, summarize, write_results
-from experts.base import Localizer, localize_each, predict_each
+from experts.base import FileExpert, Localizer, create_expert, localize_each, predict_each
 from router.features import FeatureCache, RoutingFeatures, embed_with_cache
 
 
@@ -105,15 +108,43 @@ class FixedRouting:
         pass
 
 
-def _decode(item: IngestItem, config: CoeConfig) -> DecodedImage | ErrorInfo:
+@dataclass(frozen=True)
+class DecodedFile(DecodedImage):
+    """A decoded image with what its file says about its origin, read from the same bytes."""
+
+    provenance: Provenance | None = None
+
+
+def _decode(item: IngestItem, pipeline: RoutePipeline) -> DecodedImage | ErrorInfo:
     if item.error is not None:
         return item.error
     try:
-        return read_image(item.path, config.ingest)
+        return pipeline.read(item.path)
     except ImageDecodeError as error:
         return error.error
     except Exception as error:  # a decoder bug must cost one image, not the run
         return ErrorInfo(code=ErrorCode.INTERNAL_ERROR, message=f"{item.path}: {type(error).__name__}: {error}")
+
+
+def load_provenance_reader(config: CoeConfig) -> FileExpert | None:
+    name = config.provenance.expert
+    if name is None:
+        return None
+    card = load_expert_card(config, name)
+    reader = create_expert(card)
+    if not isinstance(reader, FileExpert):
+        raise PipelineError(f"provenance.expert: {name!r} ({card.family}) judges pixels; it does not read files")
+    return reader
+
+
+def read_provenance(reader: FileExpert, data: bytes) -> Provenance:
+    """A reader never raises by contract; one that does anyway costs only its record's error."""
+    started = time.perf_counter()
+    try:
+        return reader.inspect(data)
+    except Exception as error:
+        return Provenance(error=f"{reader.name}: {type(error).__name__}: {error}",
+                          latency_ms=1000.0 * (time.perf_counter() - started))
 
 
 def load_localizer(config: CoeConfig) -> Localizer | None:
@@ -148,6 +179,7 @@ class RoutePipeline:
         self.run_dir = run_dir
         self.pool = pool or ExpertPool(config)
         self.localizer = localizer or load_localizer(config)
+        self.provenance = load_provenance_reader(config)
         if expert is not None and expert not in self.pool.cards:
             raise PipelineError(f"--expert {expert!r} is not a configured expert ({', '.join(self.pool.cards)})")
         self.routing = FixedRouting(expert) if expert else LearnedRouting(config, self.pool, say, features)
@@ -158,6 +190,7 @@ class RoutePipeline:
             **self.routing.identity,
             "experts": self.pool.identities(),
             "merger": config.merger.model_dump(),
+            "provenance": {"card": self.provenance.name, "identity": self.provenance.identity} if self.provenance else None,
             "localize": {
                 "expert": self.localizer.identity if self.localizer else None,
                 "verdicts": config.localize.verdicts,
@@ -165,15 +198,44 @@ class RoutePipeline:
             "ingest": config.ingest.model_dump(),
         }
 
+    def read(self, path: str) -> DecodedImage:
+        """The image file at `path`, decoded, with what it says about its origin; raises ImageDecodeError."""
+        return self.decode(read_regular_file(path, self.config.ingest), path)
+
+    def decode(self, data: bytes, source: str) -> DecodedImage:
+        """An image file held in memory, decoded, and read for provenance from the same bytes when
+        provenance is on (then a DecodedFile); raises ImageDecodeError."""
+        image = decode_image_bytes(data, source, self.config.ingest)
+        if self.provenance is None:
+            return image
+        return DecodedFile(record=image.record, pixels=image.pixels, provenance=read_provenance(self.provenance, data))
+
     def analyse(self, images: list[tuple[str, DecodedImage]]) -> list[Verdict]:
-        """Route and judge decoded, distinct images; one verdict each, in order."""
+        """Route and judge decoded, distinct images; one verdict each, in order. Images a proof of
+        provenance settles are neither embedded nor routed nor judged."""
+        if not images:
+            return []
+        if self.run_dir is not None:
+            for _, image in images:
+                write_thumbnail(image.pixels, self.run_dir, image.record.id)
+        provenance = [image.provenance if isinstance(image, DecodedFile) else None for _, image in images]
+        settled = {i: merged for i, record in enumerate(provenance) if (merged := self.merger.settle(record))}
+        routed = [i for i in range(len(images)) if i not in settled]
+        verdicts = dict(zip(routed, self._route([images[i] for i in routed], [provenance[i] for i in routed]),
+                            strict=True))
+        for i, merged in settled.items():
+            path, image = images[i]
+            verdicts[i] = Verdict(
+                path=path, image_id=image.record.id, image=image.record, provenance=provenance[i],
+                timings_ms={"provenance": provenance[i].latency_ms}, **merged.model_dump(),
+            )
+        return [verdicts[i] for i in range(len(images))]
+
+    def _route(self, images: list[tuple[str, DecodedImage]], provenance: list[Provenance | None]) -> list[Verdict]:
         if not images:
             return []
         ids = [image.record.id for _, image in images]
         pixels = [image.pixels for _, image in images]
-        if self.run_dir is not None:
-            for image_id, image_pixels in zip(ids, pixels, strict=True):
-                write_thumbnail(image_pixels, self.run_dir, image_id)
         features_id = self.routing.extractor.extractor_id if self.routing.extractor else None
         random_weights = bool(self.routing.extractor and self.routing.extractor.random_weights)
 
@@ -181,7 +243,7 @@ class RoutePipeline:
             path, image = images[index]
             return Verdict(
                 path=path, image_id=image.record.id, image=image.record, features=features_id,
-                random_weights=random_weights, **fields,
+                random_weights=random_weights, provenance=provenance[index], **fields,
             )
 
         try:
@@ -195,7 +257,7 @@ class RoutePipeline:
         for i, (decision, result) in enumerate(zip(decisions, outputs, strict=True)):
             if not isinstance(result, ErrorInfo):
                 self._keep_masks(result, ids[i])
-                merged[i] = self.merger.merge(decision, result)
+                merged[i] = self.merger.merge(decision, result, provenance=provenance[i])
         localized = self._localize(merged, outputs, pixels)
         verdicts: list[Verdict] = []
         for i, (decision, result) in enumerate(zip(decisions, outputs, strict=True)):
@@ -208,11 +270,12 @@ class RoutePipeline:
                 localization = None
             elif localization is not None:
                 self._keep_masks([localization], ids[i])
-                merged[i] = self.merger.merge(decision, result, localization)
+                merged[i] = self.merger.merge(decision, result, localization, provenance[i])
             expert_ms = sum(output.latency_ms for output in result) + (localization.latency_ms if localization else 0.0)
+            read_ms = {"provenance": provenance[i].latency_ms} if provenance[i] else {}
             verdicts.append(
                 row(i, routing=decision, expert_outputs=result, localization=localization,
-                    timings_ms={**timings, "expert": expert_ms}, **merged[i].model_dump())
+                    timings_ms={**read_ms, **timings, "expert": expert_ms}, **merged[i].model_dump())
             )
         return verdicts
 
@@ -372,7 +435,7 @@ class LocalChunks:
         """Lazily, so that each chunk sees the images the ledger got from the chunks before it."""
         with ThreadPoolExecutor(self.config.run.decode_workers) as decoders:
             for chunk in chunks:
-                yield analyse_chunk(chunk, self.pipeline, ledger.by_image, decoders, self.config)
+                yield analyse_chunk(chunk, self.pipeline, ledger.by_image, decoders)
 
     def n_embedded(self) -> int:
         return self.pipeline.routing.n_embedded
@@ -424,11 +487,10 @@ def _as_duplicates_of_earlier_chunks(rows: list[Verdict], ledger: Ledger) -> lis
 
 def analyse_chunk(
     chunk: Sequence[IngestItem], pipeline: RoutePipeline, known: dict[str, Verdict], decoders: ThreadPoolExecutor,
-    config: CoeConfig,
 ) -> list[Verdict]:
-    """One verdict per item, its files decoded in parallel (see `judge_decoded`)."""
+    """One verdict per item, its files decoded (and read for provenance) in parallel (see `judge_decoded`)."""
     start = time.perf_counter()
-    decoded = list(decoders.map(lambda item: _decode(item, config), chunk))
+    decoded = list(decoders.map(lambda item: _decode(item, pipeline), chunk))
     decode_ms = 1000.0 * (time.perf_counter() - start) / max(len(chunk), 1)
     rows = judge_decoded([(item.path, result) for item, result in zip(chunk, decoded, strict=True)], pipeline, known)
     for row in rows:

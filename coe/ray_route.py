@@ -29,7 +29,6 @@ class RouteWorker:
     """One Ray actor: a pipeline and its decoding threads."""
 
     def __init__(self, config: CoeConfig, expert: str | None, run_dir: Path):
-        self.config = config
         self.pipeline = RoutePipeline(config, expert, say=log.warning, run_dir=run_dir)
         self.decoders = ThreadPoolExecutor(config.run.decode_workers)
 
@@ -37,7 +36,7 @@ class RouteWorker:
         return self.pipeline.identity
 
     def analyse(self, chunk: Sequence[IngestItem]) -> list[Verdict]:
-        return analyse_chunk(chunk, self.pipeline, {}, self.decoders, self.config)
+        return analyse_chunk(chunk, self.pipeline, {}, self.decoders)
 
     def n_embedded(self) -> int:
         return self.pipeline.routing.n_embedded

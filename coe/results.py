@@ -8,6 +8,7 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import get_args
 
 from pydantic import BaseModel, Field
 from rich.console import Console
@@ -16,13 +17,14 @@ from rich.text import Text
 
 from coe.core.console import show
 from coe.core.names import exact_bytes, readable
-from coe.core.records import Verdict
+from coe.core.records import EvidenceGrade, Verdict
 
 RESULTS_JSONL = "results.jsonl"
 RESULTS_CSV = "results.csv"
 REPORT_FILE = "report.html"  # every report page: coe.reports.run_report and coe.reports.pages
 CSV_COLUMNS = [
     "path", "path_bytes", "image_id", "label", "p_fake", "decided_by", "reason", "explanation", "artifacts", "mask_file",
+    "provenance_grade", "provenance_says", "provenance_source", "provenance_generator", "provenance_signer",
     "error_code", "error_message",
     "width", "height", "format", "duplicate_of", "router", "features", "random_weights",
 ]
@@ -46,6 +48,8 @@ def _csv_row(verdict: Verdict) -> dict[str, object]:
             for artifact in evidence.artifacts
         ) or None,
         "mask_file": verdict.mask_file,
+        **{f"provenance_{key}": getattr(verdict.provenance, key) if verdict.provenance else None
+           for key in ("grade", "says", "source", "generator", "signer")},
         "error_code": verdict.error.code.value if verdict.error else None,
         "error_message": verdict.error.message if verdict.error else None,
         "width": verdict.image.width if verdict.image else None,
@@ -85,6 +89,9 @@ class RunSummary(BaseModel):
     labels: dict[str, int]
     errors: dict[str, int]
     experts: dict[str, int]
+    provenance: dict[str, int] = Field(
+        default={}, description="distinct images by provenance grade (proof, claim, hint, none), where it was read"
+    )
     seconds: float
     setup_seconds: float = Field(description="loading the models")
     first_use_seconds: float = Field(default=0.0, description="building the default models, on first use")
@@ -109,6 +116,7 @@ def summarize(
         labels=dict(Counter(v.label for v in ok)),
         errors=dict(Counter(v.error.code.value for v in verdicts if v.error)),
         experts=dict(Counter(v.decided_by for v in ok if v.duplicate_of is None)),
+        provenance=dict(Counter(v.provenance.grade for v in ok if v.duplicate_of is None and v.provenance)),
         seconds=seconds,
         setup_seconds=setup_seconds,
         first_use_seconds=first_use_seconds,
@@ -131,6 +139,9 @@ def render_summary(summary: RunSummary, console: Console) -> None:
         table.add_row(Text(f"error {code}", style="red"), str(count))
     for expert, count in sorted(summary.experts.items()):
         table.add_row(f"decided by {expert}", str(count))
+    for grade in get_args(EvidenceGrade):
+        if grade in summary.provenance:
+            table.add_row(f"provenance {grade}", str(summary.provenance[grade]))
     table.add_row("distinct images analysed", str(summary.analysed))
     table.add_row("duplicates (same bytes)", str(summary.duplicates))
     table.add_row("done by an earlier attempt", str(summary.done_before))

@@ -37,7 +37,7 @@ from starlette.exceptions import HTTPException
 from coe.config import CoeConfig, ConfigError, load_config, load_expert_card, load_expert_cards
 from coe.core.errors import UserError
 from coe.core.masks import MASKS_DIR
-from coe.core.imaging import DecodedImage, ImageDecodeError, decode_image_bytes
+from coe.core.imaging import DecodedImage, ImageDecodeError
 from coe.core.records import ErrorCode, ErrorInfo, ExpertOutput, Localization, Verdict
 from coe.defaults import DEFAULT_ROUTER
 from coe.models import ExpertPool, routing_features
@@ -541,14 +541,15 @@ def served_masks(verdict: Verdict, mode: MaskMode) -> dict[str, str]:
 
 
 def analyse_uploads(
-    pipeline: RoutePipeline, uploads: list[tuple[str, bytes]], config: CoeConfig, masks: MaskMode, mask_store: Path
+    pipeline: RoutePipeline, uploads: list[tuple[str, bytes]], masks: MaskMode, mask_store: Path
 ) -> list[ServedVerdict]:
     """One verdict per upload, in order: bad files get their error code, identical files are
-    analysed once and the later ones marked `duplicate_of` the first."""
+    analysed once and the later ones marked `duplicate_of` the first. What each file says about its
+    origin is read from the uploaded bytes, as `coe route` reads it from the file."""
     decoded: list[tuple[str, DecodedImage | ErrorInfo]] = []
     for name, data in uploads:
         try:
-            decoded.append((name, decode_image_bytes(data, name, config.ingest)))
+            decoded.append((name, pipeline.decode(data, name)))
         except ImageDecodeError as error:
             decoded.append((name, error.error))
         except Exception as error:  # a decoder bug must cost one upload, not the request
@@ -632,7 +633,7 @@ class CoeIngress:
 
     async def analyse(self, uploads: list[tuple[str, bytes]], masks: MaskMode) -> list[ServedVerdict]:
         work = asyncio.get_running_loop().run_in_executor(
-            self.workers, lambda: analyse_uploads(self._pipeline(), uploads, self.config, masks, self.mask_store)
+            self.workers, lambda: analyse_uploads(self._pipeline(), uploads, masks, self.mask_store)
         )
         try:
             return await asyncio.wait_for(work, self.settings.request_timeout_s)

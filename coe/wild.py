@@ -1,7 +1,7 @@
 """`coe wild`: how a configuration does on labelled images from real generators and real cameras.
 
 Two protocols, each judged by the routed system and by every configured expert alone:
-- `as-is`: the files as they are;
+- `as-is`: the files as they are, metadata included (which provenance, when on, weighs);
 - `matched`: every image, real or fake, centre-cropped to the same side, re-encoded as JPEG at the
   same quality and with no metadata, so that size, codec and metadata cannot tell the classes apart.
   Cropped, never rescaled: resampling leaves its own trace in the spectrum (scaling wild-dev's 128 px
@@ -31,7 +31,7 @@ from benchmarks.metrics import COVERAGES, accuracy_at_coverage, detector_metrics
 from benchmarks.readers import BenchmarkItem, BenchmarkSpec, load_benchmark_spec, read_benchmark
 from coe.config import CoeConfig
 from coe.core.console import plain_console, progress_bar, show
-from coe.core.imaging import DecodedImage, ImageDecodeError, decode_image_bytes, read_image
+from coe.core.imaging import DecodedImage, ImageDecodeError, decode_image_bytes
 from coe.core.names import readable
 from coe.core.records import ErrorCode, ErrorInfo, Verdict
 from coe.pipeline import RoutePipeline, judge_decoded
@@ -118,10 +118,12 @@ def matched_file(image: DecodedImage, matching: Matching) -> bytes | ErrorInfo:
     return buffer.getvalue()
 
 
-def _decode(item: BenchmarkItem, protocol: Protocol, matching: Matching, limits) -> DecodedImage | ErrorInfo:
+def _decode(item: BenchmarkItem, protocol: Protocol, matching: Matching, pipeline: RoutePipeline) -> DecodedImage | ErrorInfo:
+    """As-is, the file with what it says about its origin (when provenance is on); matched, its
+    pixels alone."""
     try:
-        image = read_image(item.path, limits)
-        return matched(image, matching, limits) if protocol == "matched" else image
+        image = pipeline.read(str(item.path))
+        return matched(image, matching, pipeline.config.ingest) if protocol == "matched" else image
     except ImageDecodeError as error:
         return error.error
     except Exception as error:  # a decoder bug must cost one image, not the check (as in coe route)
@@ -156,7 +158,7 @@ def run_wild_check(
                 too_small = 0
                 for start in range(0, len(items), config.run.chunk_size):
                     chunk = items[start : start + config.run.chunk_size]
-                    decoded = list(decoders.map(lambda item: _decode(item, protocol, matching, config.ingest), chunk))
+                    decoded = list(decoders.map(lambda item: _decode(item, protocol, matching, systems[ROUTED]), chunk))
                     too_small += sum(isinstance(d, ErrorInfo) and d.code == ErrorCode.IMAGE_TOO_SMALL for d in decoded)
                     named = [(str(item.path), image) for item, image in zip(chunk, decoded, strict=True)]
                     for name, pipeline in systems.items():

@@ -17,7 +17,9 @@ FORBIDDEN = {
 }
 ALLOWED = ("coe.core",)
 # Scripts that measure the whole product (nothing imports them) may use orchestration.
-PRODUCT_BENCHMARKS = {"benchmarks/throughput.py", "benchmarks/load.py", "benchmarks/report_scale.py"}
+PRODUCT_BENCHMARKS = {
+    "benchmarks/throughput.py", "benchmarks/load.py", "benchmarks/report_scale.py", "benchmarks/provenance_effect.py",
+}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -80,7 +80,7 @@ class DecodedImage:
 def read_image(path: str | Path, limits: DecodeLimits = DecodeLimits()) -> DecodedImage:
     """Decode the image file at `path`; raises ImageDecodeError for anything unusable."""
     source = os.fspath(path)
-    return decode_image_bytes(_read_regular_file(source, limits), source, limits)
+    return decode_image_bytes(read_regular_file(source, limits), source, limits)
 
 
 def decode_image_bytes(data: bytes, source: str, limits: DecodeLimits = DecodeLimits()) -> DecodedImage:
@@ -156,7 +156,9 @@ def _decode(data: bytes, image_data: bytes, source: str, limits: DecodeLimits) -
     return DecodedImage(record=record, pixels=pixels)
 
 
-def _read_regular_file(source: str, limits: DecodeLimits) -> bytes:
+def read_regular_file(source: str, limits: DecodeLimits = DecodeLimits()) -> bytes:
+    """The bytes of the regular file at `source`, within the size limit; raises ImageDecodeError.
+    For those who need the file's bytes besides its pixels (what the file says about its origin)."""
     # stat before open: opening a FIFO blocks until a writer appears, possibly forever.
     try:
         status = os.stat(source)

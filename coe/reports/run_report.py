@@ -9,13 +9,14 @@ from __future__ import annotations
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import get_args
 from urllib.parse import quote
 
 import numpy as np
 from PIL import Image, ImageFilter
 
 from benchmarks.plots import finish_axes, new_figure, save_png
-from coe.core.records import Localization, Verdict
+from coe.core.records import EvidenceGrade, Localization, Provenance, Verdict
 from coe.core.thumbnails import THUMBNAIL_SIDE, THUMBNAILS_DIR, thumbnail_file
 from coe.reports.html import render_page, script_json, write_text_atomically
 from coe.results import REPORT_FILE, RESULTS_CSV, RESULTS_JSONL, RunSummary
@@ -24,6 +25,7 @@ DATA_DIR = "report_data"
 OVERLAYS_DIR = f"{THUMBNAILS_DIR}/overlays"
 CHUNK_ROWS = 200
 LABELS = ("real", "fake", "uncertain")
+GRADES: tuple[str, ...] = get_args(EvidenceGrade)
 # Distinct on photographs and for common colour blindness (Okabe & Ito), as RGB.
 MASK_COLOURS = ((230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),
                 (204, 121, 167), (255, 255, 255))
@@ -98,11 +100,13 @@ def _overview(verdicts: Sequence[Verdict], summary: RunSummary) -> dict:
         "features": sorted({v.features for v in verdicts if v.features}),
         "routing_seconds": summary.routing_seconds,
         "with_masks": sum(bool(_evidence_with_masks(v)) for v in verdicts if v.duplicate_of is None),
+        "provenance": [(grade, summary.provenance[grade]) for grade in GRADES if grade in summary.provenance],
         "stage_ms": _mean_stage_ms(verdicts),
     }
 
 
-STAGES = {"decode": "decoding", "features": "CLIP features", "routing": "routing", "expert": "experts"}
+STAGES = {"decode": "decoding", "provenance": "reading provenance (within decoding)", "features": "CLIP features",
+          "routing": "routing", "expert": "experts"}
 
 
 def _mean_stage_ms(verdicts: Sequence[Verdict]) -> list[tuple[str, float, int]]:
@@ -132,11 +136,14 @@ def _index(rows: list[dict]) -> dict:
         "experts": experts,
         "subjects": subjects,
         "errors": errors,
+        "grades": list(GRADES),
         "label": [LABELS.index(row["label"]) if row["label"] in LABELS else -1 for row in rows],
         "p_fake": [None if row["p_fake"] is None else round(row["p_fake"], 4) for row in rows],
         "expert": [position(experts, row["decided_by"]) for row in rows],
         "subject": [position(subjects, row["subject"]) for row in rows],
         "error": [position(errors, row["error"]["code"] if row["error"] else None) for row in rows],
+        # -1: provenance was not read (off, or the file could not be decoded)
+        "grade": [position(list(GRADES), row["provenance"]["grade"] if row["provenance"] else None) for row in rows],
         # The error list shows these without loading the chunks they are in.
         "error_rows": [
             [number, row["path"], row["error"]["code"], row["error"]["message"]]
@@ -169,7 +176,18 @@ def _row(out_dir: Path, verdict: Verdict, subject: str | None) -> dict:
             {"expert": r.expert, "p_correct": r.p_correct, "cost": r.cost, "utility": r.utility}
             for r in (routing.ranked if routing else [])
         ],
+        "provenance": _provenance(verdict.provenance) if verdict.provenance else None,
         "error": {"code": verdict.error.code.value, "message": verdict.error.message} if verdict.error else None,
+    }
+
+
+def _provenance(provenance: Provenance) -> dict:
+    return {
+        **provenance.model_dump(include={"grade", "says", "source", "generator", "signer", "error"}),
+        "findings": [
+            finding.model_dump(include={"grade", "says", "source", "generator", "model", "signer", "validation", "detail"})
+            for finding in provenance.findings
+        ],
     }
 
 

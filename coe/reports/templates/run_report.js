@@ -80,6 +80,8 @@
     if (filters.error === "none" && index.error[position] >= 0) return false;
     if (filters.error === "some" && index.error[position] < 0) return false;
     if (!["", "none", "some"].includes(filters.error) && index.error[position] !== Number(filters.error)) return false;
+    if (filters.grade === "unread" && index.grade[position] >= 0) return false;
+    if (!["", "unread"].includes(filters.grade) && index.grade[position] !== Number(filters.grade)) return false;
     return true;
   }
 
@@ -89,6 +91,7 @@
       expert: byId("filter-expert").value,
       subject: byId("filter-subject").value,
       error: byId("filter-error").value,
+      grade: byId("filter-grade").value,
     };
     const sort = byId("sort").value;
     const p = state.index.p_fake;
@@ -217,6 +220,19 @@
     ]);
   }
 
+  // What the file said about its origin, in a line: grade, what it says, who made or signed it.
+  function provenanceLine(provenance) {
+    if (!provenance || provenance.grade === "none") {
+      if (provenance && provenance.error) return "provenance: not fully read (" + provenance.error + ")";
+      return null;
+    }
+    const parts = [provenance.grade + ": " + provenance.says];
+    if (provenance.source) parts.push("from " + provenance.source);
+    if (provenance.generator) parts.push("generator " + provenance.generator);
+    if (provenance.signer) parts.push("signed by " + provenance.signer);
+    return "provenance " + parts.join(", ");
+  }
+
   function card(row, position) {
     const label = row.error ? "error" : row.label;
     const node = element("article", { class: "card", data: { row: String(position), label } });
@@ -233,13 +249,20 @@
       meta.length ? element("div", { class: "meta", text: meta.join(" · ") }) : null,
       row.duplicate_of ? element("div", { class: "meta", text: "same bytes as " + row.duplicate_of }) : null,
       row.error ? element("div", { class: "error-text", text: row.error.code + ": " + row.error.message }) : null,
+      provenanceLine(row.provenance)
+        ? element("div", { class: "provenance meta", data: { grade: row.provenance.grade }, text: provenanceLine(row.provenance) })
+        : null,
       row.reason ? element("div", { class: "reason meta", text: row.reason }) : null,
       row.explanation ? element("div", { class: "explanation", text: row.explanation }) : null,
     ]);
     const masks = maskList(row, node);
     if (masks) body.append(masks);
-    if (row.opinions.length || row.ranked.length) {
+    const findings = row.provenance ? row.provenance.findings : [];
+    if (row.opinions.length || row.ranked.length || findings.length) {
       const details = element("details", {}, [element("summary", { text: "who said what" })]);
+      if (findings.length) {
+        details.append(table(["what the file says", "grade", "says", "detail"], findings.map((f) => [f.source, f.grade, f.says, f.detail])));
+      }
       if (row.opinions.length) {
         details.append(table(["expert", "verdict", "p_fake"], row.opinions.map((o) => [o.expert, o.label, formatP(o.p_fake)])));
         row.opinions.filter((o) => o.explanation).forEach((o) => details.append(element("p", { text: o.expert + ": " + o.explanation })));
@@ -284,7 +307,8 @@
       fillSelect(byId("filter-subject"), index.subjects);
       byId("subject-control").hidden = index.subjects.length === 0;
       fillSelect(byId("filter-error"), index.errors);
-      for (const id of ["filter-label", "filter-expert", "filter-subject", "filter-error", "sort"]) {
+      fillSelect(byId("filter-grade"), index.grades);
+      for (const id of ["filter-label", "filter-expert", "filter-subject", "filter-grade", "filter-error", "sort"]) {
         byId(id).onchange = applyFilters;
       }
       byId("show-masks").onchange = () => {
