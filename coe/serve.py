@@ -43,7 +43,7 @@ from coe.defaults import DEFAULT_ROUTER
 from coe.models import ExpertPool, routing_features
 from coe.pipeline import RoutePipeline, judge_decoded
 from coe.ray_route import ray_session
-from experts.base import ExpertCard, Resources, create_expert, localize_each, predict_each
+from experts.base import ExpertCard, FileExpert, Resources, create_expert, localize_each, predict_each
 from router.artifact import has_readable_artifact
 
 logger = logging.getLogger("coe.serve")
@@ -234,6 +234,10 @@ class ExpertInfo(BaseModel):
 class ExpertsResponse(BaseModel):
     experts: list[ExpertInfo]
     localizer: ExpertInfo | None = None
+    provenance: ExpertInfo | None = Field(
+        default=None, description="the reader of what each file says about its origin; it runs in the ingress, on "
+        "the uploaded bytes, not as a deployment of its own"
+    )
 
 
 class Health(BaseModel):
@@ -618,7 +622,8 @@ class CoeIngress:
         self.local = threading.local()
         self.workers = ThreadPoolExecutor(settings.pipeline_threads, thread_name_prefix="coe-pipeline")
         # One pipeline now, so that a router that cannot be loaded fails the deployment, not a request.
-        await asyncio.get_running_loop().run_in_executor(self.workers, self._pipeline)
+        first = await asyncio.get_running_loop().run_in_executor(self.workers, self._pipeline)
+        self.provenance_reader = first.provenance  # every thread's pipeline holds one like it
 
     def _pipeline(self) -> RoutePipeline:
         if getattr(self.local, "pipeline", None) is None:
@@ -643,7 +648,7 @@ class CoeIngress:
             ) from None
 
     def experts_info(self) -> ExpertsResponse:
-        def info(expert: RemoteExpert) -> ExpertInfo:
+        def info(expert: RemoteExpert | FileExpert) -> ExpertInfo:
             card = expert.card
             return ExpertInfo(
                 name=card.name,
@@ -657,6 +662,7 @@ class CoeIngress:
         return ExpertsResponse(
             experts=[info(expert) for expert in self.pool.experts.values()],
             localizer=info(self.localizer) if self.localizer else None,
+            provenance=info(self.provenance_reader) if self.provenance_reader else None,
         )
 
     async def deployment_states(self) -> dict[str, str]:

@@ -211,9 +211,12 @@ def test_oversized_uploads_and_too_many_images_are_refused(served):
 
 
 def test_experts_health_and_readiness(served):
-    experts = requests.get(f"{served}/v1/experts", headers=AUTH, timeout=10).json()["experts"]
+    listed = requests.get(f"{served}/v1/experts", headers=AUTH, timeout=10).json()
+    experts = listed["experts"]
     assert [expert["name"] for expert in experts] == ["spectrum", "dct", "residual"]
     assert all(expert["identity"] and expert["resources"]["num_gpus"] == 0 for expert in experts)
+    # The provenance reader runs in the ingress on the uploaded bytes, and is listed as such.
+    assert listed["provenance"]["family"] == "provenance" and listed["provenance"]["identity"].startswith("1:")
     assert requests.get(f"{served}/healthz", timeout=10).json() == {"status": "ok", "deployments": {}}
     ready = requests.get(f"{served}/readyz", timeout=10)
     assert ready.status_code == 200, ready.text
