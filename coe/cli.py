@@ -335,7 +335,7 @@ OutcomesArgument = Annotated[list[Path], typer.Argument(help="outcome tables (ou
 def router_train_command(
     outcomes: OutcomesArgument,
     out: Annotated[Path, typer.Option("--out", "-o", help="router folder; each training adds a new version")],
-    level: Annotated[str, typer.Option(help="query (per image) or subject (per content category)")] = "query",
+    level: Annotated[str, typer.Option(help="a registered router: query (per image), subject (per content category)")] = "query",
     model: Annotated[str | None, typer.Option(help="lightgbm | logreg (default: router.model)")] = None,
     subject_column: Annotated[str, typer.Option(help="subject level: the outcome column to learn")] = "subject",
     min_support: Annotated[int, typer.Option(help="subject level: fewer images fall back to the best expert")] = 20,
@@ -353,9 +353,10 @@ def router_train_command(
     """Train a query- or subject-level router on outcome tables and judge it on the held-out side."""
     from coe.results import REPORT_FILE
     from coe.routing import EVALUATION_DIR, render_evaluation, train_router_from_outcomes
+    from router.base import router_levels
 
-    if level not in ("query", "subject"):
-        raise _fail(ValueError(f"--level {level!r}: expected query or subject"))
+    if level not in router_levels():
+        raise _fail(ValueError(f"--level {level!r}: expected one of {', '.join(sorted(router_levels()))}"))
     settings = _setup(config, set_, [f"router.model={model}"] if model else [])
     try:
         split = _split_spec(train_split, test_split, test_generator, test_benchmark, holdout)

@@ -16,7 +16,6 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -62,10 +61,9 @@ from router.artifact import (
     router_home,
     save_router,
 )
+from router.base import create_router
 from router.calibration import PlattCalibration
 from router.features import RoutingFeatures, embed_with_cache
-from router.query import QueryRouter
-from router.subject import SubjectRouter
 
 EVALUATION_DIR = "evaluation"
 EMBED_CHUNK = 64
@@ -215,7 +213,7 @@ def train_router_from_outcomes(
     config: CoeConfig,
     outcome_paths: Sequence[Path],
     out: Path,
-    level: Literal["query", "subject"] = "query",
+    level: str = "query",
     split: SplitSpec = SplitSpec(),
     subject_column: str = "subject",
     min_support: int = 20,
@@ -246,11 +244,10 @@ def train_router_from_outcomes(
                 # The descriptors measure the pixel statistics the experts learnt from, which decide
                 # whether their answers carry over; what the image shows (CLIP) does not.
                 "novelty_columns": extractor.descriptor_columns or None}
-    if level == "query":
-        router = QueryRouter(**settings).fit(train.features, right, names, costs)
-    else:
-        subjects = train.matrix.samples[subject_column].astype(str).to_numpy()
-        router = SubjectRouter(**settings, min_support=min_support).fit(train.features, subjects, right, names, costs)
+    subjects = train.matrix.samples[subject_column].astype(str).to_numpy()
+    router = create_router(level, **settings, min_support=min_support).fit(
+        train.features, right, names, costs, subjects=subjects
+    )
     training = TrainingSamples.of(train.matrix.samples["image_id"], train.matrix.samples["perturbation"])
     digest = training.digest
     meta = RouterMeta(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import pkgutil
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -21,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from coe.core.errors import UserError
 from coe.core.records import ErrorCode, ErrorInfo, ExpertOutput, Localization, Provenance
+from coe.core.registry import Registry
 
 Capability = Literal["detect", "localize", "explain"]
 
@@ -208,36 +208,19 @@ class Localizer(ABC):
         """One Localization per image; masks attached in memory at each image's own size."""
 
 
-_REGISTRY: dict[str, type[CardExpert]] = {}
-
-
-def register_expert(family: str) -> Callable[[type[CardExpert]], type[CardExpert]]:
-    def decorate(cls: type[CardExpert]) -> type[CardExpert]:
-        if family in _REGISTRY:
-            raise ValueError(f"expert family {family!r} registered twice")
-        cls.family = family
-        _REGISTRY[family] = cls
-        return cls
-
-    return decorate
+FAMILIES: Registry[type[CardExpert]] = Registry("expert family", "family", "experts")
+register_expert = FAMILIES.register
 
 
 def expert_families() -> dict[str, type[CardExpert]]:
     """Every family: those registered so far and those of every module in the experts package."""
-    import experts
-
-    for module in pkgutil.iter_modules(experts.__path__):
-        if module.name != "base":
-            importlib.import_module(f"experts.{module.name}")
-    return dict(_REGISTRY)
+    return FAMILIES.all()
 
 
 def create_expert(card: ExpertCard) -> CardExpert:
-    family = _REGISTRY.get(card.family) or _import_family(card.family)
+    family = FAMILIES.get(card.family) or _import_family(card.family)
     if family is None:
-        raise KeyError(
-            f"expert {card.name!r}: unknown family {card.family!r}; known: {', '.join(sorted(expert_families()))}"
-        )
+        raise KeyError(f"expert {card.name!r}: {FAMILIES.unknown(card.family)}")
     return family(card)
 
 
@@ -246,4 +229,4 @@ def _import_family(family: str) -> type[CardExpert] | None:
     needs them); a family registered elsewhere is found by importing every module."""
     if family.isidentifier() and importlib.util.find_spec(f"experts.{family}") is not None:
         importlib.import_module(f"experts.{family}")
-    return _REGISTRY.get(family) or expert_families().get(family)
+    return FAMILIES.get(family) or FAMILIES.all().get(family)

@@ -18,10 +18,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
 
 import joblib
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from coe.core.errors import UserError
 from router.calibration import PlattCalibration
@@ -51,7 +50,17 @@ class RouterMeta(BaseModel):
     model_config = ConfigDict(extra="forbid")
     format_version: int = FORMAT_VERSION
     router_id: str
-    level: Literal["query", "subject"]
+    level: str = Field(description="the router's level: a registered router (router.base.router_levels)")
+
+    @field_validator("level")
+    @classmethod
+    def _a_registered_level(cls, level: str) -> str:
+        from router.base import router_levels
+
+        if level not in router_levels():
+            raise ValueError(f"no router of level {level!r} is registered (known: {', '.join(sorted(router_levels()))})")
+        return level
+
     version: int = 1
     model: str
     subject_column: str | None = Field(default=None, description="outcome column the subject router learned")

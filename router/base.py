@@ -1,13 +1,21 @@
 """What every router shares: predicted P(correct) per expert, turned into a choice by the utility
 P(correct) - lambda * relative cost, with abstention when even the best expert is unlikely right
-or when the image is unlike the router's training images (router.novelty)."""
+or when the image is unlike the router's training images (router.novelty); and the registry of
+routers by level (`@register_router("query")`), which is how the rest of coe knows the levels.
+
+Every router follows scikit-learn's estimator contract: the constructor stores parameters, and
+`fit(features, correct, experts, costs, subjects=None)` returns self (`subjects`, each training
+image's content category, is for routers that learn per subject; others ignore it)."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from coe.core.records import RankedExpert
+from coe.core.records import RankedExpert, RoutingDecision
+from coe.core.registry import Registry
 from router.novelty import NoveltyGate
 
 
@@ -18,15 +26,27 @@ def relative_costs(costs: np.ndarray) -> np.ndarray:
 
 class CostAwareRouter(BaseEstimator):
     """Subclasses set `experts_` and `costs_` and call `fit_novelty` in `fit`, and implement
-    `predict_correct`."""
+    `predict_correct` and `decide`."""
 
+    level: str  # set by register_router
     cost_weight: float
     abstain_below: float | None
     novelty_quantile: float | None
     novelty_columns: int | None
     random_state: int
 
+    def fit(
+        self, features: np.ndarray, correct: np.ndarray, experts: Sequence[str], costs: Sequence[float],
+        subjects: Sequence[str] | None = None,
+    ) -> CostAwareRouter:
+        """features (n, d); correct (n, k) booleans, column j = was expert j right on image i;
+        subjects (n,) each image's content category, for routers that learn per subject."""
+        raise NotImplementedError
+
     def predict_correct(self, features: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def decide(self, features: np.ndarray, router_id: str) -> list[RoutingDecision]:
         raise NotImplementedError
 
     def relative_costs(self) -> np.ndarray:
@@ -84,3 +104,22 @@ class CostAwareRouter(BaseEstimator):
         """Whether the router abstains on each image (what `decide` marks `abstained`)."""
         reasons = self.abstentions(self.predict_correct(features), self.novelty(features))
         return np.array([reason is not None for reason in reasons], dtype=bool)
+
+
+LEVELS: Registry[type[CostAwareRouter]] = Registry("router level", "level", "router")
+register_router = LEVELS.register
+
+
+def router_levels() -> dict[str, type[CostAwareRouter]]:
+    """Every router by level: those of every module in the router package, and any registered elsewhere."""
+    return LEVELS.all()
+
+
+def create_router(level: str, **settings) -> CostAwareRouter:
+    """The router of `level`, given those of `settings` its constructor takes (a setting one level
+    has, such as the subject router's min_support, is left out of the others)."""
+    cls = router_levels().get(level)
+    if cls is None:
+        raise KeyError(LEVELS.unknown(level))
+    accepted = set(cls._get_param_names())
+    return cls(**{name: value for name, value in settings.items() if name in accepted})

@@ -15,7 +15,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from coe.core.records import RoutingDecision
-from router.base import CostAwareRouter
+from router.base import CostAwareRouter, register_router
 
 
 def correctness_model(kind: Literal["logreg", "lightgbm"], random_state: int) -> BaseEstimator:
@@ -30,9 +30,8 @@ def correctness_model(kind: Literal["logreg", "lightgbm"], random_state: int) ->
     )
 
 
+@register_router("query")
 class QueryRouter(CostAwareRouter):
-    level = "query"
-
     def __init__(
         self,
         model: Literal["logreg", "lightgbm"] = "logreg",
@@ -50,9 +49,11 @@ class QueryRouter(CostAwareRouter):
         self.random_state = random_state
 
     def fit(
-        self, features: np.ndarray, correct: np.ndarray, experts: Sequence[str], costs: Sequence[float]
+        self, features: np.ndarray, correct: np.ndarray, experts: Sequence[str], costs: Sequence[float],
+        subjects: Sequence[str] | None = None,
     ) -> QueryRouter:
-        """features (n, d); correct (n, k) booleans, column j = was expert j right on image i."""
+        """features (n, d); correct (n, k) booleans, column j = was expert j right on image i;
+        subjects are not used: each image is routed on its own features."""
         correct = np.asarray(correct, dtype=bool)
         if correct.shape != (len(features), len(experts)) or len(costs) != len(experts):
             raise ValueError(
@@ -90,7 +91,7 @@ class QueryRouter(CostAwareRouter):
             )
             decisions.append(
                 RoutingDecision(
-                    router_id=router_id, level="query", ranked=ranked, chosen=best.expert,
+                    router_id=router_id, level=self.level, ranked=ranked, chosen=best.expert,
                     abstained=abstained is not None, reason=reason if abstained is None else f"{abstained}; {reason}",
                     novelty=None if np.isnan(score) else float(score),
                 )

@@ -14,13 +14,12 @@ import numpy as np
 from sklearn.base import clone
 
 from coe.core.records import RoutingDecision
-from router.base import CostAwareRouter
+from router.base import CostAwareRouter, register_router
 from router.query import correctness_model
 
 
+@register_router("subject")
 class SubjectRouter(CostAwareRouter):
-    level = "subject"
-
     def __init__(
         self,
         model: Literal["logreg", "lightgbm"] = "logreg",
@@ -40,14 +39,12 @@ class SubjectRouter(CostAwareRouter):
         self.random_state = random_state
 
     def fit(
-        self,
-        features: np.ndarray,
-        subjects: Sequence[str],
-        correct: np.ndarray,
-        experts: Sequence[str],
-        costs: Sequence[float],
+        self, features: np.ndarray, correct: np.ndarray, experts: Sequence[str], costs: Sequence[float],
+        subjects: Sequence[str] | None = None,
     ) -> SubjectRouter:
-        """subjects (n,): each training image's subject; correct (n, k): was expert j right on image i."""
+        """correct (n, k): was expert j right on image i; subjects (n,): each training image's subject."""
+        if subjects is None:
+            raise ValueError("the subject router learns per subject: fit needs each training image's subject")
         correct = np.asarray(correct, dtype=bool)
         subjects = np.asarray(subjects, dtype=str)
         if correct.shape != (len(features), len(experts)) or len(subjects) != len(features):
@@ -104,7 +101,7 @@ class SubjectRouter(CostAwareRouter):
             )
             decisions.append(
                 RoutingDecision(
-                    router_id=router_id, level="subject", subject=str(subject), ranked=ranked, chosen=best.expert,
+                    router_id=router_id, level=self.level, subject=str(subject), ranked=ranked, chosen=best.expert,
                     abstained=abstained is not None, reason=reason if abstained is None else f"{abstained}; {reason}",
                     novelty=None if np.isnan(score) else float(score),
                 )

@@ -75,7 +75,7 @@ def fitted(level: str, **settings):
         features, correct = outcomes()
         return QueryRouter(**settings).fit(features, correct, EXPERTS, [1.0] * 3), outcomes(seed=1)[0]
     features, subjects, correct = subject_outcomes()
-    return SubjectRouter(**settings).fit(features, subjects, correct, EXPERTS, [1.0] * 3), subject_outcomes(seed=1)[0]
+    return SubjectRouter(**settings).fit(features, correct, EXPERTS, [1.0] * 3, subjects=subjects), subject_outcomes(seed=1)[0]
 
 
 @pytest.mark.parametrize("level", ["query", "subject"])

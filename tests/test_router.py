@@ -166,7 +166,7 @@ def subject_outcomes(n: int = 900, seed: int = 0):
 @pytest.mark.parametrize("model", ["logreg", "lightgbm"])
 def test_subject_router_derives_its_table_from_outcomes_with_a_support_fallback(model):
     features, subjects, correct = subject_outcomes()
-    router = SubjectRouter(model=model, min_support=20).fit(features, subjects, correct, EXPERTS, [1.0, 1.0, 1.0])
+    router = SubjectRouter(model=model, min_support=20).fit(features, correct, EXPERTS, [1.0, 1.0, 1.0], subjects=subjects)
     table = router.table()
     assert table["face"]["expert"] == "a" and table["scene"]["expert"] == "b" and table["object"]["expert"] == "c"
     assert table["rare"]["fallback"] and table["rare"]["support"] == 5
@@ -183,9 +183,9 @@ def test_subject_router_derives_its_table_from_outcomes_with_a_support_fallback(
 
 def test_subject_router_cost_weight_and_abstention():
     features, subjects, correct = subject_outcomes()
-    thrifty = SubjectRouter(cost_weight=1.0).fit(features, subjects, correct, EXPERTS, [10.0, 10.0, 1.0])
+    thrifty = SubjectRouter(cost_weight=1.0).fit(features, correct, EXPERTS, [10.0, 10.0, 1.0], subjects=subjects)
     assert all(row["expert"] == "c" for row in thrifty.table().values())
-    cautious = SubjectRouter(abstain_below=0.7).fit(features, subjects, correct, EXPERTS, [1.0, 1.0, 1.0])
+    cautious = SubjectRouter(abstain_below=0.7).fit(features, correct, EXPERTS, [1.0, 1.0, 1.0], subjects=subjects)
     decisions = cautious.decide(features[:50], router_id="s2")
     assert {d.abstained for d in decisions} == {True, False}  # object's best is ~0.6, face/scene's ~0.9
 

@@ -168,7 +168,7 @@ class RankedExpert(Record):
 
 class RoutingDecision(Record):
     router_id: str
-    level: Literal["query", "subject", "fixed"]
+    level: str = Field(description="the level of the router that decided (a registered router), or fixed")
     subject: str | None = None
     ranked: list[RankedExpert] = []
     chosen: str | None
