@@ -21,8 +21,11 @@ def test_demo_trains_routes_and_compares_every_system(tmp_path, tiny_clip, train
     report = run_demo(tiny_config(tmp_path, tiny_clip), tmp_path, console, SMALL_BENCHMARK, show_progress=False)
     systems = report["systems"]
     assert set(systems) == {"spectrum", "dct", "residual", "random", "merged", "routed", "oracle"}
-    for row in systems.values():
-        assert 0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["auc"] <= 1.0 and row["cost"] > 0
+    assert all(row["cost"] > 0 for row in systems.values())
+    # Trained on the built-in benchmark, the experts tell its held-out fakes apart, and routing among
+    # them does no worse than routing at random.
+    assert max(systems[e]["auc"] for e in ("spectrum", "dct", "residual")) > 0.8
+    assert systems["routed"]["accuracy"] >= systems["random"]["accuracy"]
     assert systems["oracle"]["accuracy"] >= max(systems[e]["accuracy"] for e in ("spectrum", "dct", "residual"))
     # The router's evaluation and the verdicts of `coe route` on the same images agree.
     assert report["through_coe_route"]["accuracy"] == systems["routed"]["accuracy"]

@@ -75,7 +75,7 @@ def reference_p_fake(folder: Path, image: np.ndarray, text: str = RAW_SCORED_TEX
 def test_p_fake_is_the_renormalised_next_token_probability_of_fake(tiny_fakevlm, photographs):
     expert = create_expert(fakevlm_card()).load(tiny_fakevlm)
     p_fake = expert.predict_proba(photographs[:3])
-    assert p_fake.shape == (3,) and np.all((p_fake >= 0) & (p_fake <= 1))
+    assert p_fake.shape == (3,)
     for p, image in zip(p_fake, photographs[:3]):
         assert abs(p - reference_p_fake(tiny_fakevlm, image)) < 1e-4
     assert np.ptp(p_fake) > 1e-6, "different images must give different answers"

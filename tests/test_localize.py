@@ -19,12 +19,11 @@ from coe.config import CONFIG_DIR, load_config
 from coe.core.records import Artifact, Localization
 from coe.pipeline import PipelineError, route
 from coe.results import RESULTS_CSV, RESULTS_JSONL
-from experts.base import Expert, Localizer, register_expert
+from experts.base import FAMILIES, Expert, Localizer
 
 NARROW = 70  # the test localiser fails on images narrower than this
 
 
-@register_expert("test-bright-dark-localizer")
 class BrightDarkLocalizer(Expert, Localizer):
     """Localises the brightest and the darkest tenth of the pixels, as two artifacts."""
 
@@ -48,6 +47,13 @@ class BrightDarkLocalizer(Expert, Localizer):
                 ],
             ))
         return found
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _registered_test_family():
+    """The test's family exists for this module's tests only."""
+    with FAMILIES.registered("test-bright-dark-localizer", BrightDarkLocalizer):
+        yield
 
 
 @pytest.fixture

@@ -14,10 +14,10 @@ from pydantic import ValidationError
 from sklearn.base import clone
 from test_router import meta
 
-from router.base import CostAwareRouter, create_router, register_router, router_levels
+from router.base import LEVELS, CostAwareRouter, create_router, register_router, router_levels
 
 EXPERTS = ["spectrum", "dct", "residual"]
-LEVELS = sorted(router_levels())
+REGISTERED = sorted(router_levels())
 
 
 def outcomes(seed: int = 0, n: int = 120):
@@ -33,10 +33,10 @@ def outcomes(seed: int = 0, n: int = 120):
 
 
 def test_the_built_in_levels_are_registered():
-    assert {"query", "subject"} <= set(LEVELS)
+    assert {"query", "subject"} <= set(REGISTERED)
 
 
-@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("level", REGISTERED)
 def test_every_router_fits_decides_clones_and_pickles(level):
     features, correct, subjects = outcomes()
     router = create_router(level, model="logreg", cost_weight=0.0, min_support=5, novelty_quantile=None)
@@ -65,7 +65,7 @@ def test_settings_a_level_does_not_take_are_left_out_and_unknown_levels_refused(
         create_router("oracle")
 
 
-@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("level", REGISTERED)
 def test_the_artifact_records_every_registered_level_and_refuses_others(level):
     assert meta(level=level).level == level
     with pytest.raises(ValidationError, match="no router of level 'oracle' is registered"):
@@ -75,3 +75,12 @@ def test_the_artifact_records_every_registered_level_and_refuses_others(level):
 def test_a_level_is_registered_once():
     with pytest.raises(ValueError, match="registered twice"):
         register_router("query")(type("Again", (CostAwareRouter,), {}))
+
+
+def test_an_entry_registered_for_a_block_is_gone_after_it():
+    class Trial(CostAwareRouter):
+        pass
+
+    with LEVELS.registered("trial", Trial):
+        assert router_levels()["trial"] is Trial and Trial.level == "trial"
+    assert "trial" not in router_levels()

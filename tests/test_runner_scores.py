@@ -19,13 +19,12 @@ from benchmarks.perturbations import parse_perturbations
 from benchmarks.readers import BenchmarkSpec, read_benchmark
 from benchmarks.runner import ExpertUnderTest, LoadedBenchmark, expert_metrics, run_benchmarks
 from coe.core.records import ExpertOutput
-from experts.base import Expert, ExpertCard, register_expert
+from experts.base import FAMILIES, Expert, ExpertCard
 
 REFERENCE = "the hand has six fingers"
 SQUARE = [10.0, 10.0, 30.0, 10.0, 30.0, 30.0, 10.0, 30.0]  # pixels 10..29 (PIL fills the outline too)
 
 
-@register_expert("test-mask-echo")
 class MaskEcho(Expert):
     """Localises the bright square of each image (where the fixture drew it) and explains it with
     the reference sentence when the left half of the image is bright."""
@@ -43,6 +42,13 @@ class MaskEcho(Expert):
             output.explanation = REFERENCE if explains else "blurry sky is too smooth"
             outputs.append(output.with_union_mask(image.mean(axis=2) > 200))
         return outputs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _registered_test_family():
+    """The test's family exists for this module's tests only."""
+    with FAMILIES.registered("test-mask-echo", MaskEcho):
+        yield
 
 
 def synthscars(tmp_path: Path) -> BenchmarkSpec:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Generic, TypeVar
 
 Registered = TypeVar("Registered", bound=type)
@@ -31,6 +32,16 @@ class Registry(Generic[Registered]):
             return cls
 
         return decorate
+
+    @contextmanager
+    def registered(self, name: str, cls: Registered) -> Iterator[Registered]:
+        """`cls` registered under `name` for the block only, so that trying an entry out (a test's
+        family) leaves the registry as it was."""
+        self.register(name)(cls)
+        try:
+            yield cls
+        finally:
+            del self._entries[name]
 
     def get(self, name: str) -> Registered | None:
         """The entry registered so far under `name`, without importing anything."""
