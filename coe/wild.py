@@ -15,6 +15,7 @@ called fake. A detector that tells a wild set apart as-is but not matched learnt
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -31,7 +32,7 @@ from benchmarks.metrics import COVERAGES, accuracy_at_coverage, detector_metrics
 from benchmarks.readers import BenchmarkItem, BenchmarkSpec, load_benchmark_spec, read_benchmark
 from coe.config import CoeConfig
 from coe.core.console import plain_console, progress_bar, show
-from coe.core.imaging import DecodedImage, ImageDecodeError, decode_image_bytes
+from coe.core.imaging import DecodedImage, ImageDecodeError, decode_image_bytes, read_image
 from coe.core.names import readable
 from coe.core.records import ErrorCode, ErrorInfo, Verdict
 from coe.pipeline import RoutePipeline, judge_decoded
@@ -120,10 +121,12 @@ def matched_file(image: DecodedImage, matching: Matching) -> bytes | ErrorInfo:
 
 def _decode(item: BenchmarkItem, protocol: Protocol, matching: Matching, pipeline: RoutePipeline) -> DecodedImage | ErrorInfo:
     """As-is, the file with what it says about its origin (when provenance is on); matched, its
-    pixels alone."""
+    pixels alone (the re-encoding drops the metadata, so provenance is not read)."""
+    limits = pipeline.config.ingest
     try:
-        image = pipeline.read(str(item.path))
-        return matched(image, matching, pipeline.config.ingest) if protocol == "matched" else image
+        if protocol == "matched":
+            return matched(read_image(item.path, limits), matching, limits)
+        return pipeline.read(os.fspath(item.path))
     except ImageDecodeError as error:
         return error.error
     except Exception as error:  # a decoder bug must cost one image, not the check (as in coe route)
