@@ -30,10 +30,10 @@ test: setup browser
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"
 
 bench-throughput: setup
-	$(BIN)/python -m benchmarks.throughput
+	$(BIN)/python -m benchmarks.scripts.throughput
 
 bench-startup: setup
-	$(BIN)/python -m benchmarks.startup
+	$(BIN)/python -m benchmarks.scripts.startup
 
 bench-gpu-smoke: setup
-	$(BIN)/python -m benchmarks.gpu_smoke --size tiny --size full
+	$(BIN)/python -m benchmarks.scripts.gpu_smoke --size tiny --size full

@@ -31,7 +31,6 @@ error at a time.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -39,11 +38,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 from PIL import Image, ImageDraw, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from coe.core.errors import UserError
+from coe.core.manifests import ManifestFormatError, read_manifest_rows
+from coe.core.yaml_files import YamlFileError, load_yaml_model
 
 Label = Literal["real", "fake"]
 ReaderName = Literal["folder", "manifest", "synthscars", "fakeclue", "builtin"]
@@ -54,8 +54,6 @@ CLASS_FOLDERS: dict[str, Label] = {
     "fake": "fake", "1_fake": "fake", "ai": "fake",
 }  # fmt: skip
 SPLIT_NAMES = frozenset({"train", "val", "valid", "validation", "test"})
-CSV_SUFFIXES = (".csv",)
-JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json-lines")
 BUILTIN_MANIFEST = "manifest.csv"
 MAX_LISTED_PROBLEMS = 20
 
@@ -175,24 +173,9 @@ def load_benchmark_spec(path: Path) -> BenchmarkSpec:
     """Read and validate a benchmark YAML file; a relative `root` is taken from the file's folder."""
     path = Path(path)
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as error:
-        raise BenchmarkFormatError(str(path), [f"{path}: cannot read: {error}"]) from error
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{path} line {mark.line + 1}" if mark else str(path)
-        raise BenchmarkFormatError(str(path), [f"{where}: not valid YAML: {error}"]) from error
-    if not isinstance(document, dict):
-        problem = f"{path}: expected a mapping of keys, got {type(document).__name__}"
-        raise BenchmarkFormatError(str(path), [problem])
-    try:
-        spec = BenchmarkSpec.model_validate(document)
-    except ValidationError as error:
-        problems = [
-            f"{path}: key {'.'.join(map(str, e['loc'])) or '(top level)'!r}: {e['msg']}"
-            for e in error.errors()
-        ]
-        raise BenchmarkFormatError(str(path), problems) from error
+        spec = load_yaml_model(path, BenchmarkSpec)
+    except YamlFileError as error:
+        raise BenchmarkFormatError(str(path), error.problems) from None
     if spec.root is not None:
         root = spec.root.expanduser()
         spec.root = Path(os.path.abspath(root if root.is_absolute() else path.parent / root))
@@ -330,51 +313,18 @@ def _read_folder(spec: BenchmarkSpec) -> list[BenchmarkItem]:
 
 
 def _manifest_rows(path: Path, shown: str, problems: _Problems) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(where, row) for every data row of a CSV or JSONL manifest; format problems go to `problems`."""
-    suffix = path.suffix.lower()
-    if suffix not in CSV_SUFFIXES + JSONL_SUFFIXES:
-        expected = ", ".join(CSV_SUFFIXES + JSONL_SUFFIXES)
-        problems.add(shown, f"unknown manifest type {suffix!r}: expected one of {expected}")
-        return
+    """(where, fields) for every data row of a CSV or JSONL manifest; format problems go to `problems`."""
     try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: spreadsheets save CSV with a byte-order mark
-    except UnicodeDecodeError as error:
-        problems.add(shown, f"not UTF-8 text: {error}")
+        rows = read_manifest_rows(path, required_columns=("path", "label"))
+    except ManifestFormatError as error:
+        problems.add(shown if error.line is None else f"{shown} line {error.line}", error.problem)
         return
-    if suffix in JSONL_SUFFIXES:
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                problems.add(f"{shown} line {number}", f"bad JSON: {error.msg} (column {error.colno})")
-                continue
-            if not isinstance(row, dict):
-                problems.add(f"{shown} line {number}", f"expected a JSON object, got {type(row).__name__}")
-                continue
-            yield f"{shown} line {number}", row
-        return
-    # strict: a stray quote is an error to report, not a reason to silently merge fields.
-    reader = csv.DictReader(text.splitlines(keepends=True), strict=True)
-    try:
-        header = reader.fieldnames
-        if not header:
-            problems.add(shown, "empty file: expected a header row naming at least path and label")
-            return
-        missing = [column for column in ("path", "label") if column not in header]
-        if missing:
-            problem = f"missing required column {', '.join(missing)} (header: {','.join(header)})"
-            problems.add(f"{shown} line 1", problem)
-            return
-        for row in reader:
-            where = f"{shown} line {reader.line_num}"
-            if None in row:
-                problems.add(where, f"more fields than the header's {len(header)}")
-                continue
-            yield where, row
-    except csv.Error as error:
-        problems.add(f"{shown} line {reader.line_num}", f"bad CSV: {error}")
+    for row in rows:
+        where = f"{shown} line {row.line}"
+        if row.problem is None:
+            yield where, row.fields
+        else:
+            problems.add(where, row.problem)
 
 
 def _read_manifest(spec: BenchmarkSpec) -> list[BenchmarkItem]:

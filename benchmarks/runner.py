@@ -27,7 +27,7 @@ from benchmarks.outcomes import read_outcomes, write_outcomes
 from benchmarks.perturbations import Perturbation
 from benchmarks.readers import BenchmarkItem, BenchmarkSpec
 from coe.core.console import plain_console, progress_bar, show
-from coe.core.imaging import DecodedImage, DecodeLimits, ImageDecodeError, read_image
+from coe.core.imaging import DecodedImage, DecodeLimits, decode_or_error, read_image
 from coe.core.masks import MASKS_DIR, save_masks
 from coe.core.records import ErrorCode, ErrorInfo, ExpertOutput
 from coe.core.runs import check_run_identity
@@ -140,15 +140,6 @@ def _part_path(out_dir: Path, benchmark: str, perturbation: Perturbation, start:
     return out_dir / PARTS_DIR / benchmark / perturbation.name.replace(":", "_") / f"{start:08d}.parquet"
 
 
-def _decode(item: BenchmarkItem, limits: DecodeLimits) -> DecodedImage | ErrorInfo:
-    try:
-        return read_image(item.path, limits)
-    except ImageDecodeError as error:
-        return error.error
-    except Exception as error:  # a decoder bug costs one image, not the run
-        return ErrorInfo(code=ErrorCode.INTERNAL_ERROR, message=f"{item.path}: {type(error).__name__}: {error}")
-
-
 def _judge_part(
     benchmark: str,
     items: list[BenchmarkItem],
@@ -159,7 +150,10 @@ def _judge_part(
     similarity: SentenceSimilarity | None,
     out_dir: Path,
 ) -> list[dict]:
-    decoded = list(decoders.map(lambda item: _decode(item, limits), items))
+    def decode(item: BenchmarkItem) -> DecodedImage | ErrorInfo:
+        return decode_or_error(item.path, lambda: read_image(item.path, limits))
+
+    decoded = list(decoders.map(decode, items))
     good = [i for i, result in enumerate(decoded) if isinstance(result, DecodedImage)]
     pixels = {i: perturbation.apply(decoded[i].pixels) for i in good}
     rows = []

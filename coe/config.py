@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from coe.core.errors import UserError
 from coe.core.imaging import DecodeLimits
 from coe.core.records import VerdictLabel
+from coe.core.yaml_files import YamlFileError, load_yaml_model, read_yaml_mapping, validation_problems
 from configs import CONFIG_DIR
 from experts.base import ExpertCard
 from router.features import ClipSpec
@@ -162,25 +163,15 @@ class CoeConfig(StrictModel):
         return dict(sorted(found.items()))
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_layer(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read: {error.strerror or error}") from error
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from error
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
-    return data
+        return read_yaml_mapping(path)
+    except YamlFileError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _describe(error: ValidationError, source: str) -> str:
-    lines = []
-    for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        problem = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
-        lines.append(f"{source}: {key}: {problem}")
-    return "\n".join(lines)
+    return "\n".join(validation_problems(error, source))
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -212,9 +203,9 @@ def _relative_to(folder: Path, layer: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(config_file: Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> CoeConfig:
-    layers: list[tuple[str, dict[str, Any]]] = [(str(DEFAULTS_FILE), _read_yaml(DEFAULTS_FILE))]
+    layers: list[tuple[str, dict[str, Any]]] = [(str(DEFAULTS_FILE), _read_layer(DEFAULTS_FILE))]
     if config_file is not None:
-        layers.append((str(config_file), _relative_to(Path(config_file).parent, _read_yaml(Path(config_file)))))
+        layers.append((str(config_file), _relative_to(Path(config_file).parent, _read_layer(Path(config_file)))))
     layers += [(f"--set {assignment}", parse_override(assignment)) for assignment in overrides]
     merged: dict[str, Any] = {}
     for source, layer in layers:
@@ -240,9 +231,9 @@ def load_expert_card(config: CoeConfig, name: str) -> ExpertCard:
             f"available cards: {sorted(config.card_files())}"
         )
     try:
-        card = ExpertCard.model_validate(_read_yaml(card_file))
-    except ValidationError as error:
-        raise ConfigError(_describe(error, str(card_file))) from None
+        card = load_yaml_model(card_file, ExpertCard)
+    except YamlFileError as error:
+        raise ConfigError(str(error)) from None
     if card.name != name:
         raise ConfigError(f"{card_file}: name: {card.name!r} does not match the file name {name!r}")
     return card

@@ -7,8 +7,6 @@ exactly one output row, good or bad.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -17,14 +15,9 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from coe.core.errors import UserError
+from coe.core.manifests import ManifestFormatError, ManifestRow, read_manifest_rows
 from coe.core.names import is_file_name, readable
 from coe.core.records import ErrorCode, ErrorInfo
-
-CSV_SUFFIXES = (".csv",)
-JSONL_SUFFIXES = (".jsonl", ".ndjson")
-
-# A manifest row as (line number, columns), or (line number, what is wrong with it).
-ManifestRow = tuple[int, dict[str, object] | str]
 
 
 class ManifestError(UserError, ValueError):
@@ -115,58 +108,16 @@ def read_manifest(manifest: str | Path) -> list[IngestItem]:
     A row without a usable path becomes an item with error `bad_manifest_row`.
     """
     name = os.fspath(manifest)
-    suffix = Path(name).suffix.lower()
-    if suffix not in CSV_SUFFIXES + JSONL_SUFFIXES:
-        raise ManifestError(f"manifest {readable(name)}: unknown type {suffix!r}, expected .csv, .jsonl or .ndjson")
     try:
-        # utf-8-sig: spreadsheet programs often start a CSV with a byte-order mark. surrogateescape:
-        # bytes that are not UTF-8 are kept as they are, since a path cell may be a file name that
-        # is not UTF-8 (and a cell in another encoding then costs its row, not the manifest).
-        # newline="": the csv module handles line endings itself, including inside quoted cells.
-        with open(name, encoding="utf-8-sig", errors="surrogateescape", newline="") as file:
-            text = file.read()
-    except OSError as exc:
-        raise ManifestError(f"cannot read manifest {readable(name)}: {exc.strerror or exc}") from None
-    rows = _csv_rows(text, name) if suffix in CSV_SUFFIXES else _jsonl_rows(text, name)
+        # Bytes that are not UTF-8 are kept: a path cell may be a file name that is not UTF-8 (and
+        # a cell in another encoding then costs its row, not the manifest).
+        rows = read_manifest_rows(name, required_columns=("path",), keep_undecodable_bytes=True)
+    except ManifestFormatError as error:
+        shown = f"manifest {readable(name)}"
+        where = shown if error.line is None else f"{shown}, line {error.line}"
+        raise ManifestError(f"{where}: {error.problem}") from None
     folder = os.path.dirname(name)
-    return [_manifest_item(row, name, line_number, folder) for line_number, row in rows]
-
-
-def _csv_rows(text: str, manifest: str) -> list[ManifestRow]:
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    try:
-        if reader.fieldnames is None or "path" not in reader.fieldnames:
-            raise ManifestError(f"manifest {readable(manifest)}: the CSV header has no 'path' column")
-        rows: list[ManifestRow] = []
-        for row in reader:
-            if None in row:
-                rows.append((reader.line_num, "the row has more fields than the header"))
-            else:
-                # Short rows leave missing cells as None: they carry no value.
-                rows.append(
-                    (reader.line_num, {key: value for key, value in row.items() if value is not None})
-                )
-        return rows
-    except csv.Error as exc:
-        raise ManifestError(f"manifest {readable(manifest)}, line {reader.line_num}: unreadable CSV: {exc}") from None
-
-
-def _jsonl_rows(text: str, manifest: str) -> list[ManifestRow]:
-    rows: list[ManifestRow] = []
-    # Split on "\n" only: a JSON string may hold other characters str.splitlines() breaks on.
-    for line_number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            rows.append((line_number, f"malformed JSON: {exc}"))
-            continue
-        if not isinstance(row, dict):
-            rows.append((line_number, "the line is not a JSON object"))
-            continue
-        rows.append((line_number, {key: value for key, value in row.items() if value is not None}))
-    return rows
+    return [_manifest_item(row, name, folder) for row in rows]
 
 
 def _as_text(value: object) -> str:
@@ -174,17 +125,17 @@ def _as_text(value: object) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def _manifest_item(row: dict[str, object] | str, manifest: str, line_number: int, folder: str) -> IngestItem:
-    problem = row if isinstance(row, str) else _path_problem(row.get("path"))
+def _manifest_item(row: ManifestRow, manifest: str, folder: str) -> IngestItem:
+    problem = row.problem or _path_problem(row.fields.get("path"))
     if problem is None:
-        meta = {key: _as_text(value) for key, value in row.items() if key != "path"}
+        meta = {key: _as_text(value) for key, value in row.fields.items() if key != "path"}
         # Taken as written: " spaced .jpg" is a file name as good as any.
-        return IngestItem(path=os.path.join(folder, row["path"]), meta=meta)
+        return IngestItem(path=os.path.join(folder, row.fields["path"]), meta=meta)
     return IngestItem(
         # Names the row, since there is no image path to show.
-        path=f"{manifest}:{line_number}",
+        path=f"{manifest}:{row.line}",
         error=ErrorInfo(
-            code=ErrorCode.BAD_MANIFEST_ROW, message=readable(f"manifest {manifest}, line {line_number}: {problem}")
+            code=ErrorCode.BAD_MANIFEST_ROW, message=readable(f"manifest {manifest}, line {row.line}: {problem}")
         ),
     )
 

@@ -21,7 +21,7 @@ from rich.console import Console
 from coe.config import CoeConfig, load_expert_card
 from coe.core.console import plain_console, progress_bar, show
 from coe.core.errors import UserError
-from coe.core.imaging import DecodedImage, ImageDecodeError, decode_image_bytes, read_regular_file
+from coe.core.imaging import DecodedImage, decode_image_bytes, decode_or_error, read_regular_file
 from coe.core.masks import save_masks
 from coe.core.records import ErrorCode, ErrorInfo, ExpertOutput, Localization, Provenance, RoutingDecision, Verdict
 from coe.core.thumbnails import write_thumbnail
@@ -118,12 +118,7 @@ class DecodedFile(DecodedImage):
 def _decode(item: IngestItem, pipeline: RoutePipeline) -> DecodedImage | ErrorInfo:
     if item.error is not None:
         return item.error
-    try:
-        return pipeline.read(item.path)
-    except ImageDecodeError as error:
-        return error.error
-    except Exception as error:  # a decoder bug must cost one image, not the run
-        return ErrorInfo(code=ErrorCode.INTERNAL_ERROR, message=f"{item.path}: {type(error).__name__}: {error}")
+    return decode_or_error(item.path, lambda: pipeline.read(item.path))
 
 
 def load_provenance_reader(config: CoeConfig) -> FileExpert | None:

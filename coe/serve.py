@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import yaml
 from fastapi import FastAPI, File, Query, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -36,9 +35,10 @@ from starlette.exceptions import HTTPException
 
 from coe.config import CoeConfig, ConfigError, load_config, load_expert_card, load_expert_cards
 from coe.core.errors import UserError
-from coe.core.masks import MASKS_DIR
 from coe.core.imaging import DecodedImage, ImageDecodeError
+from coe.core.masks import MASKS_DIR
 from coe.core.records import ErrorCode, ErrorInfo, ExpertOutput, Localization, Verdict
+from coe.core.yaml_files import YamlFileError, read_yaml_mapping, validation_problems
 from coe.defaults import DEFAULT_ROUTER
 from coe.models import ExpertPool, routing_features
 from coe.pipeline import RoutePipeline, judge_decoded
@@ -183,7 +183,10 @@ def load_serve_args(path: Path, host: str | None = None, port: int | None = None
     `http_options` host and port, where given, win over `serve.host` / `serve.port`, and `host` and
     `port`, where given, over both."""
     try:
-        document = yaml.safe_load(Path(path).read_text()) or {}
+        document = read_yaml_mapping(path)
+    except YamlFileError as error:
+        raise ConfigError(str(error)) from None
+    try:
         applications = document.get("applications") or [{}]
         args = dict(applications[0].get("args") or {})
         http = {
@@ -194,8 +197,10 @@ def load_serve_args(path: Path, host: str | None = None, port: int | None = None
         given = {key: value for key, value in {"host": host, "port": port}.items() if value is not None}
         args["serve"] = {**(args.get("serve") or {}), **http, **given}
         return ServeArgs.model_validate(args)
-    except (OSError, yaml.YAMLError, AttributeError, ValidationError) as error:
+    except AttributeError as error:  # a section that is not a mapping (or a list of them)
         raise ConfigError(f"{path}: {error}") from error
+    except ValidationError as error:
+        raise ConfigError("\n".join(validation_problems(error, f"{path}: applications[0].args"))) from None
 
 
 # ------------------------------------------------------------------------------------------ models

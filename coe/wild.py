@@ -32,7 +32,7 @@ from benchmarks.metrics import COVERAGES, accuracy_at_coverage, detector_metrics
 from benchmarks.readers import BenchmarkItem, BenchmarkSpec, load_benchmark_spec, read_benchmark
 from coe.config import CoeConfig
 from coe.core.console import plain_console, progress_bar, show
-from coe.core.imaging import DecodedImage, ImageDecodeError, decode_image_bytes, read_image
+from coe.core.imaging import DecodedImage, decode_image_bytes, decode_or_error, read_image
 from coe.core.names import readable
 from coe.core.records import ErrorCode, ErrorInfo, Verdict
 from coe.pipeline import RoutePipeline, judge_decoded
@@ -123,14 +123,13 @@ def _decode(item: BenchmarkItem, protocol: Protocol, matching: Matching, pipelin
     """As-is, the file with what it says about its origin (when provenance is on); matched, its
     pixels alone (the re-encoding drops the metadata, so provenance is not read)."""
     limits = pipeline.config.ingest
-    try:
+
+    def decode() -> DecodedImage | ErrorInfo:
         if protocol == "matched":
             return matched(read_image(item.path, limits), matching, limits)
         return pipeline.read(os.fspath(item.path))
-    except ImageDecodeError as error:
-        return error.error
-    except Exception as error:  # a decoder bug must cost one image, not the check (as in coe route)
-        return ErrorInfo(code=ErrorCode.INTERNAL_ERROR, message=readable(f"{item.path}: {type(error).__name__}: {error}"))
+
+    return decode_or_error(item.path, decode)
 
 
 def run_wild_check(

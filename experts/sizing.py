@@ -5,7 +5,7 @@ architecture, built on torch's meta device: no weights, no memory, a second or t
 device: for GPU experts an H100-class GPU, for CPU experts two CPU cores. A forward pass is bound by
 arithmetic (FLOPs counted by torch's FlopCounterMode over the image's real shapes); each generated
 token is bound by reading every weight once (memory bandwidth). The constants below are assumptions,
-stated once; the GPU smoke benchmark (benchmarks/gpu_smoke.py) measures the real figures."""
+stated once; the GPU smoke benchmark (benchmarks/scripts/gpu_smoke.py) measures the real figures."""
 
 from __future__ import annotations
 

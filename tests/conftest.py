@@ -9,9 +9,9 @@ import pytest
 
 from benchmarks.autoencoder import AutoencoderConfig
 from benchmarks.builtin import BuiltinBenchmarkConfig
-from benchmarks.random_checkpoints import TINY_CLIP_CONFIG, write_open_clip  # noqa: F401 (read here by tests)
 from coe.config import CoeConfig, load_config
 from coe.core.torchvision_compat import ensure_torchvision_importable
+from tests.support.random_checkpoints import TINY_CLIP_CONFIG, write_open_clip  # noqa: F401 (read here by tests)
 
 pytest_plugins = ["browser"]  # the `chromium` and `page` fixtures of tests/browser.py
 

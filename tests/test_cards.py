@@ -13,6 +13,7 @@ import yaml
 
 import experts  # noqa: F401  (registers the built-in families)
 from coe.config import CONFIG_DIR
+from coe.core.yaml_files import load_yaml_model
 from experts.base import ExpertCard, PretrainedExpert, expert_families
 from experts.sizing import card_figures
 
@@ -23,7 +24,7 @@ PRETRAINED = [card for card in CARDS if issubclass(expert_families()[yaml.safe_l
 
 @pytest.mark.parametrize("card_file", CARDS, ids=lambda path: path.stem)
 def test_card_validates_and_names_a_registered_family(card_file):
-    card = ExpertCard.model_validate(yaml.safe_load(card_file.read_text()))
+    card = load_yaml_model(card_file, ExpertCard)
     assert card.name == card_file.stem and card.family in expert_families()
     expert_families()[card.family].Params.model_validate(card.params)
     assert card.description, "a card says what the expert sees and cites its paper"
@@ -31,7 +32,7 @@ def test_card_validates_and_names_a_registered_family(card_file):
 
 @pytest.mark.parametrize("card_file", PRETRAINED, ids=lambda path: path.stem)
 def test_pretrained_card_figures_are_derived_from_the_full_size_architecture(card_file):
-    card = ExpertCard.model_validate(yaml.safe_load(card_file.read_text()))
+    card = load_yaml_model(card_file, ExpertCard)
     family = expert_families()[card.family]
     figures = card_figures(family.full_size_footprint(family.Params.model_validate(card.params)))
     assert (card.cost, card.resources) == (figures.cost, figures.resources)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from coe.config import SHIPPED_CARDS, ConfigError, load_config, load_expert_cards, parse_override
@@ -66,6 +68,25 @@ def test_expert_cards_are_validated_with_the_card_file_named(tmp_path):
     config = load_config(overrides=[f"experts_dir={tmp_path}", "experts=[absent]", "features.descriptors=[]"])
     with pytest.raises(ConfigError, match="no card absent.yaml is in .* available cards: \\[.*'broken', 'dct'"):
         load_expert_cards(config)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "empty.yaml: empty file: expected a mapping of keys (ExpertCard)"),
+        ("name: empty\nfamily: [dct\n", "empty.yaml line 3: not valid YAML: expected ',' or ']'"),
+    ],
+)
+def test_an_empty_or_broken_card_is_refused_with_its_file_and_line(tmp_path, text, expected):
+    (tmp_path / "empty.yaml").write_text(text)
+    config = load_config(overrides=[f"experts_dir={tmp_path}", "experts=[empty]", "features.descriptors=[]"])
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_expert_cards(config)
+
+
+def test_an_empty_configuration_file_sets_nothing(tmp_path):
+    (tmp_path / "coe.yaml").write_text("# nothing changed yet\n")
+    assert load_config(tmp_path / "coe.yaml") == load_config()
 
 
 def test_a_users_card_wins_over_the_shipped_one_and_the_others_stay_available(tmp_path):

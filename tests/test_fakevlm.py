@@ -1,5 +1,5 @@
 """FakeVLM expert: a tiny LLaVA (random weights) saved in the Hugging Face layout of lingcco/fakeVLM
-(benchmarks/random_checkpoints.py), loaded back through create_expert(card).load(folder) and run on
+(tests/support/random_checkpoints.py), loaded back through create_expert(card).load(folder) and run on
 real photographs."""
 
 from __future__ import annotations
@@ -10,16 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 from skimage import data
 
 import experts.fakevlm  # noqa: F401  (registers the family)
-from benchmarks.random_checkpoints import FAKEVLM_WORDS, write_random_checkpoint
+from coe.core.yaml_files import load_yaml_model
 from experts.base import ExpertCard, create_expert
 from experts.fakevlm import FakeVLMExpert, FakeVLMParams, build_prompt
 from experts.sizing import card_figures
 from experts.weights import WeightsNotFoundError
+from tests.support.random_checkpoints import FAKEVLM_WORDS, write_random_checkpoint
 from photos import photo_arrays
 
 CARD = Path(__file__).resolve().parents[1] / "configs" / "experts" / "fakevlm.yaml"
@@ -35,7 +35,7 @@ def weights_only(source: Path, folder: Path) -> Path:
 
 
 def fakevlm_card(**params) -> ExpertCard:
-    card = ExpertCard.model_validate(yaml.safe_load(CARD.read_text()))
+    card = load_yaml_model(CARD, ExpertCard)
     return card.model_copy(update={"params": {**card.params, "device": "cpu", "max_new_tokens": 6, **params}})
 
 
@@ -210,7 +210,7 @@ def test_card_figures_come_from_the_full_size_llava_1_5_7b():
     assert footprint.generated_tokens == 256 and footprint.dtype == "bfloat16"
     # one prefill of ~590 tokens through 7B parameters: about 2 * 7e9 * 590 FLOPs
     assert 7000 < footprint.forward_gflops < 9500
-    card = ExpertCard.model_validate(yaml.safe_load(CARD.read_text()))
+    card = load_yaml_model(CARD, ExpertCard)
     figures = card_figures(FakeVLMExpert.full_size_footprint(FakeVLMExpert.Params()))
     assert (card.cost, card.resources) == (figures.cost, figures.resources)
     assert card.capabilities == ["detect", "explain"]

@@ -12,7 +12,7 @@ import yaml
 from skimage import data
 
 from benchmarks.builtin import BuiltinBenchmarkConfig, build_builtin_benchmark, read_builtin_manifest
-from benchmarks.complementarity import (
+from benchmarks.scripts.complementarity import (
     CARDS_DIR,
     EXPERTS,
     ORACLE,

@@ -15,7 +15,7 @@ SEED_EXPERTS = ["fakevlm", "univfd", "npr", "legion"]
 
 def run_smoke(out: Path, *args: str) -> dict:
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.gpu_smoke", "--size", "tiny", "--images", "2", "--out", str(out),
+        [sys.executable, "-m", "benchmarks.scripts.gpu_smoke", "--size", "tiny", "--images", "2", "--out", str(out),
          *args],
         capture_output=True, text=True, timeout=300,
     )
@@ -48,7 +48,7 @@ def test_tiny_checkpoints_of_every_seed_expert_run_on_the_cpu(tmp_path):
 
 def test_a_full_size_7b_model_is_skipped_on_the_cpu_with_the_reason(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.gpu_smoke", "--expert", "fakevlm", "--size", "full",
+        [sys.executable, "-m", "benchmarks.scripts.gpu_smoke", "--expert", "fakevlm", "--size", "full",
          "--device", "cpu", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=120,
     )
@@ -66,7 +66,7 @@ def test_tiny_checkpoints_of_every_seed_expert_run_on_cuda(tmp_path):
 
 
 def test_repeated_and_listed_options_both_select_several():
-    from benchmarks.gpu_smoke import parse_args
+    from benchmarks.scripts.gpu_smoke import parse_args
 
     repeated = parse_args(["--size", "tiny", "--size", "full", "--expert", "npr", "--expert", "univfd"])
     listed = parse_args(["--size", "tiny", "full", "--expert", "npr", "univfd"])

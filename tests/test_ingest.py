@@ -146,9 +146,9 @@ def test_jsonl_manifest_rows_and_bad_lines(in_tmp: Path) -> None:
     assert all(
         error.code == ErrorCode.BAD_MANIFEST_ROW and "set.jsonl" in error.message for error in bad.values()
     )
-    assert "malformed JSON" in bad["3"].message and "line 3" in bad["3"].message
+    assert "bad JSON" in bad["3"].message and "line 3" in bad["3"].message
     assert "no path" in bad["4"].message
-    assert "not a JSON object" in bad["5"].message
+    assert "expected a JSON object, got an array" in bad["5"].message
 
 
 def test_manifest_meta_joins_an_item_found_earlier(in_tmp: Path) -> None:
@@ -164,10 +164,10 @@ def test_manifest_meta_joins_an_item_found_earlier(in_tmp: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "content", "complaint"),
     [
-        ("absent.csv", None, "cannot read manifest"),
-        ("nopath.csv", "file,label\na.jpg,real\n", "no 'path' column"),
-        ("empty.csv", "", "no 'path' column"),
-        ("list.txt", "path\na.jpg\n", "unknown type"),
+        ("absent.csv", None, "cannot read: No such file"),
+        ("nopath.csv", "file,label\na.jpg,real\n", r"line 1: missing required column path \(header: file,label"),
+        ("empty.csv", "", "empty file: expected a header row naming at least path"),
+        ("list.txt", "path\na.jpg\n", "unknown manifest type '.txt'"),
     ],
 )
 def test_unusable_manifest_is_a_manifest_error_naming_it(

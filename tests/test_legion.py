@@ -1,6 +1,6 @@
 """LEGION: a tiny GLaMM with random weights, saved in the published checkpoint's layout (GLaMM key
 names, sharded safetensors with an index, tokenizer files; the CLIP tower in its own transformers
-folder) by benchmarks/random_checkpoints.py, whose key names are written out independently of
+folder) by tests/support/random_checkpoints.py, whose key names are written out independently of
 experts/legion.py's map, and loaded through create_expert(card).load(folder), as a user loads
 khr0516/legion_LE."""
 
@@ -17,13 +17,14 @@ import yaml
 from safetensors.torch import save_file
 from skimage import data
 
-from benchmarks.random_checkpoints import (
-    GLAMM_TOKENS, TINY_SAM, RandomCheckpoint, legion_model, write_random_checkpoint,
-)
+from coe.core.yaml_files import load_yaml_model
 from experts import legion
 from experts.base import ExpertCard, create_expert
 from experts.sizing import card_figures
 from experts.weights import WeightsNotFoundError
+from tests.support.random_checkpoints import (
+    GLAMM_TOKENS, TINY_SAM, RandomCheckpoint, legion_model, write_random_checkpoint,
+)
 from photos import photo_arrays
 
 ANSWER = (
@@ -357,7 +358,7 @@ def test_answer_parsing_keeps_each_phrase_with_its_sentence():
 
 def test_card_carries_the_full_size_figures():
     card_file = Path(__file__).parents[1] / "configs" / "experts" / "legion.yaml"
-    published = ExpertCard.model_validate(yaml.safe_load(card_file.read_text()))
+    published = load_yaml_model(card_file, ExpertCard)
     footprint = legion.LegionExpert.full_size_footprint(legion.LegionParams.model_validate(published.params))
     # Vicuna-7B (6.74 B with 32007 tokens) + CLIP ViT-L/14 (0.30 B) + SAM ViT-H (0.64 B) + projector and fcs
     assert 7.6e9 < footprint.parameters < 7.8e9

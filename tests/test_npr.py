@@ -1,5 +1,5 @@
 """The NPR expert: upstream's network with random weights, saved the way NPR-DeepfakeDetection saves
-NPR.pth (benchmarks/random_checkpoints.py), loaded through the card, and checked against the residual
+NPR.pth (tests/support/random_checkpoints.py), loaded through the card, and checked against the residual
 computed here with numpy."""
 
 from __future__ import annotations
@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from skimage import data
 
 import experts.npr  # noqa: F401  (registers the family)
-from benchmarks.random_checkpoints import write_random_checkpoint
+from coe.core.yaml_files import load_yaml_model
 from experts.base import ExpertCard, create_expert
 from experts.npr import NPRExpert, NPRNetwork, NPRParams, even_centre_crop
 from experts.sizing import card_figures
 from experts.weights import WeightsNotFoundError
+from tests.support.random_checkpoints import write_random_checkpoint
 from photos import read_rgb, write_photos
 
 CARD_FILE = Path(__file__).resolve().parents[1] / "configs" / "experts" / "npr.yaml"
@@ -147,7 +147,7 @@ def test_large_images_are_cropped_at_even_offsets_never_resized():
 
 
 def test_card_figures_come_from_the_full_size_network():
-    card = ExpertCard.model_validate(yaml.safe_load(CARD_FILE.read_text()))
+    card = load_yaml_model(CARD_FILE, ExpertCard)
     footprint = NPRExpert.full_size_footprint(NPRParams.model_validate(card.params))
     assert footprint.parameters == UPSTREAM_PARAMETERS
     figures = card_figures(footprint)

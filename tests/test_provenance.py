@@ -1,4 +1,4 @@
-"""The provenance expert's readers, on files the tests make (benchmarks/provenance_files.py): each
+"""The provenance expert's readers, on files the tests make (tests/support/provenance_files.py): each
 generator's metadata, IPTC XMP, EXIF, NovelAI's signature, the SD watermark, C2PA manifests signed
 by a test CA that only a test trust list trusts, and files built to break a reader: appended
 bytes, huge and compressed-bomb chunks, garbage."""
@@ -14,18 +14,18 @@ import zlib
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from coe.config import CONFIG_DIR
 from coe.core.errors import UserError
 from coe.core.records import Provenance, ProvenanceFinding
+from coe.core.yaml_files import load_yaml_model
 from experts.base import ExpertCard, FileExpert, create_expert
 from experts.provenance import summarise
 from experts.provenance.watermark import PAYLOADS
-from benchmarks import provenance_files as files
+from tests.support import provenance_files as files
 
-CARD = ExpertCard.model_validate(yaml.safe_load((CONFIG_DIR / "experts" / "provenance.yaml").read_text()))
+CARD = load_yaml_model(CONFIG_DIR / "experts" / "provenance.yaml", ExpertCard)
 
 
 def expert(**params) -> FileExpert:
@@ -47,8 +47,9 @@ def by_source(record: Provenance, source: str) -> ProvenanceFinding:
 
 
 def test_the_card_builds_a_file_expert_without_importing_c2pa():
-    code = ("import sys, yaml; from experts.base import ExpertCard, create_expert, FileExpert; "
-            f"card = ExpertCard.model_validate(yaml.safe_load(open({str(CONFIG_DIR / 'experts' / 'provenance.yaml')!r}))); "
+    code = ("import sys; from coe.core.yaml_files import load_yaml_model; "
+            "from experts.base import ExpertCard, create_expert, FileExpert; "
+            f"card = load_yaml_model({str(CONFIG_DIR / 'experts' / 'provenance.yaml')!r}, ExpertCard); "
             "assert isinstance(create_expert(card), FileExpert); assert 'c2pa' not in sys.modules, 'c2pa imported'")
     result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -396,7 +397,7 @@ def test_an_embedded_watermark_decodes_in_png_and_is_lost_in_jpeg(payload):
 def test_the_speed_benchmark_times_files_with_and_without_a_manifest():
     from pathlib import Path
 
-    result = subprocess.run([sys.executable, "-m", "benchmarks.provenance_speed", "--repeat", "1"], check=False,
+    result = subprocess.run([sys.executable, "-m", "benchmarks.scripts.provenance_speed", "--repeat", "1"], check=False,
                             capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stderr
     assert "without manifest median" in result.stdout and "with manifest    median" in result.stdout

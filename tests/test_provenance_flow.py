@@ -281,7 +281,7 @@ def test_the_cli_route_writes_provenance_and_the_switch_is_part_of_the_run(runs,
 def test_a_trusted_c2pa_manifest_settles_the_image_and_an_untrusted_one_is_a_claim(tmp_path, trained_home, tiny_clip):
     """Signed by a test CA that only the user's own card trusts: with it, proof; with the shipped
     trust lists, the same manifest is valid but untrusted, a claim."""
-    from benchmarks import provenance_files as files
+    from tests.support import provenance_files as files
     import yaml
     from conftest import tiny_config
 

@@ -454,12 +454,13 @@ def test_relative_root_is_taken_from_the_definition_folder(tmp_path):
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("name: x\nreader: folder\nroot: /d\nroots: /e\n", "key 'roots': Extra inputs are not permitted"),
+        ("name: x\nreader: folder\nroot: /d\nroots: /e\n", "bad.yaml: roots: unknown key"),
         ("name: x\nreader: manifest\nroot: /d\n", "needs `annotations`"),
-        ("name: x\nreader: csv\nroot: /d\n", "key 'reader'"),
-        ("name: X Y\nreader: folder\nroot: /d\n", "key 'name'"),
+        ("name: x\nreader: csv\nroot: /d\n", "bad.yaml: reader: Input should be 'folder'"),
+        ("name: X Y\nreader: folder\nroot: /d\n", "bad.yaml: name: String should match pattern"),
         ("name: x\nreader: [folder\n", "line 3: not valid YAML"),
         ("- a list\n", "expected a mapping"),
+        ("", "empty file: expected a mapping of keys (BenchmarkSpec)"),
     ],
 )
 def test_bad_definitions_name_the_file_and_key(tmp_path, text, expected):

@@ -414,7 +414,7 @@ def test_load_benchmark_runs_end_to_end(tmp_path, trained_home, tiny_clip):
         [
             sys.executable,
             "-m",
-            "benchmarks.load",
+            "benchmarks.scripts.load",
             "--images",
             "4",
             "--size",

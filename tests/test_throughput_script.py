@@ -10,7 +10,7 @@ import sys
 def test_throughput_benchmark_measures_every_path(tmp_path, trained_home, tiny_clip):
     out = tmp_path / "throughput"
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.throughput", "--images", "12", "--size", "96", "--home", str(trained_home),
+        [sys.executable, "-m", "benchmarks.scripts.throughput", "--images", "12", "--size", "96", "--home", str(trained_home),
          "--out", str(out), "--set", f"features.weights=local-dir:{tiny_clip}"],
         capture_output=True, text=True, timeout=300,
     )

@@ -1,5 +1,5 @@
 """The UnivFD expert: a tiny open_clip CLIP (a local-dir: folder) and a probe saved as
-UniversalFakeDetect saves fc_weights.pth (benchmarks/random_checkpoints.py), loaded through the card,
+UniversalFakeDetect saves fc_weights.pth (tests/support/random_checkpoints.py), loaded through the card,
 and checked against upstream's own transform (torchvision CenterCrop -> ToTensor -> Normalize) on
 real image files."""
 
@@ -11,18 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 from skimage import data
 
 import experts.univfd  # noqa: F401  (registers the family)
-from benchmarks.random_checkpoints import TINY_CLIP_CONFIG, RandomCheckpoint, write_random_checkpoint
 from coe.core.torchvision_compat import ensure_torchvision_importable
+from coe.core.yaml_files import load_yaml_model
 from experts.base import ExpertCard, create_expert
 from experts.sizing import card_figures
 from coe.core.open_clip_hub import cached_open_clip_checkpoint
 from experts.univfd import UnivFDExpert, UnivFDParams, centre_crop
 from experts.weights import WeightsNotFoundError
+from tests.support.random_checkpoints import TINY_CLIP_CONFIG, RandomCheckpoint, write_random_checkpoint
 from photos import read_rgb, write_photos
 
 CARD_FILE = Path(__file__).resolve().parents[1] / "configs" / "experts" / "univfd.yaml"
@@ -176,7 +176,7 @@ def test_hub_cache_lookup_prefers_open_clips_safetensors_name(tmp_path, monkeypa
 
 
 def test_card_figures_come_from_the_full_size_model():
-    card = ExpertCard.model_validate(yaml.safe_load(CARD_FILE.read_text()))
+    card = load_yaml_model(CARD_FILE, ExpertCard)
     params = UnivFDParams.model_validate(card.params)
     footprint = UnivFDExpert.full_size_footprint(params)
     # CLIP ViT-L/14's image tower (about 304M parameters) and Linear(768, 1).

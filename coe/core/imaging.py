@@ -15,6 +15,7 @@ import os
 import stat
 import struct
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 
+from coe.core.names import readable
 from coe.core.records import ErrorCode, ErrorInfo, ImageRecord
 
 # Pillow format names we decode. MPO (multi-picture JPEG from phones and stereo cameras) is
@@ -81,6 +83,21 @@ def read_image(path: str | Path, limits: DecodeLimits = DecodeLimits()) -> Decod
     """Decode the image file at `path`; raises ImageDecodeError for anything unusable."""
     source = os.fspath(path)
     return decode_image_bytes(read_regular_file(source, limits), source, limits)
+
+
+def decode_or_error(
+    source: str | os.PathLike[str], decode: Callable[[], DecodedImage | ErrorInfo]
+) -> DecodedImage | ErrorInfo:
+    """What `decode()` returns (it reads and decodes `source`, or says why it cannot), or the error to record in its row
+    instead: the ImageDecodeError's, or for any other exception an internal error, since a decoder
+    bug must cost one image, not the run."""
+    try:
+        return decode()
+    except ImageDecodeError as error:
+        return error.error
+    except Exception as error:
+        message = readable(f"{os.fspath(source)}: {type(error).__name__}: {error}")
+        return ErrorInfo(code=ErrorCode.INTERNAL_ERROR, message=message)
 
 
 def decode_image_bytes(data: bytes, source: str, limits: DecodeLimits = DecodeLimits()) -> DecodedImage:

@@ -1,4 +1,4 @@
-"""Files carrying provenance, made on the spot for the tests and benchmarks.provenance_speed: PNGs
+"""Files carrying provenance, made on the spot for the tests and benchmarks.scripts.provenance_speed: PNGs
 with each generator's chunks, JPEGs with EXIF and XMP, Stable Diffusion's invisible watermark
 embedded as its encoder does, and C2PA manifests signed by a throwaway certificate authority
 (root -> intermediate -> signer) that only a test trust list trusts."""

@@ -1,6 +1,6 @@
 """Throughput of `coe route` on CPU, in images per second, against the floor every pipeline pays.
 
-    python -m benchmarks.throughput [--images N] [--size S] [--home DIR] [--out DIR] [--set KEY=VALUE]
+    python -m benchmarks.scripts.throughput [--images N] [--size S] [--home DIR] [--out DIR] [--set KEY=VALUE]
 
 One run measures, over the same N distinct JPEGs (generated once from photographs that installed
 packages ship, reused afterwards):
@@ -212,7 +212,7 @@ def render(rows: list[Measurement], baseline: float, full_vs_triage: dict[str, f
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.throughput", description=__doc__.split("\n")[0]
+        prog="python -m benchmarks.scripts.throughput", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--images", type=int, default=1000, help="distinct JPEGs to time (default 1000)")
     parser.add_argument("--size", type=int, default=512, help="side of each square JPEG (default 512)")

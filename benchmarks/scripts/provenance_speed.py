@@ -1,11 +1,11 @@
 """Milliseconds per image the provenance expert takes, on files without a C2PA manifest and with
 one, measured in one run with the shipped card (its trust lists loaded once, as in `coe route`).
 
-    python -m benchmarks.provenance_speed [FOLDER ...] [--repeat N] [--watermark]
+    python -m benchmarks.scripts.provenance_speed [FOLDER ...] [--repeat N] [--watermark]
 
 Without a folder it makes its files: photographs (scikit-image's) as a camera JPEG with EXIF, a
 PNG with AUTOMATIC1111 parameters, a plain PNG and a WebP, at 1024 px; and the same JPEG signed
-with a C2PA manifest by a throwaway certificate authority (benchmarks/provenance_files.py makes
+with a C2PA manifest by a throwaway certificate authority (tests/support/provenance_files.py makes
 them). With folders, every image file in them is read once into
 memory and sorted by whether the expert found a C2PA manifest. Goals: <= 5 ms without a manifest,
 <= 50 ms with one. `--watermark` times the optional watermark decoding as well.
@@ -16,11 +16,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from importlib import resources
 from pathlib import Path
 
-import yaml
-
+from coe.core.yaml_files import load_yaml_model
+from configs import CONFIG_DIR
 from experts.base import ExpertCard, create_expert
 
 GOALS_MS = {"without manifest": 5.0, "with manifest": 50.0}
@@ -32,7 +31,7 @@ def made_files() -> dict[str, bytes]:
     from PIL import Image
     from skimage import data as pictures
 
-    from benchmarks import provenance_files as files
+    from tests.support import provenance_files as files
 
     photo = np.asarray(Image.fromarray(pictures.astronaut()).resize((1024, 1024), Image.Resampling.BICUBIC))
     camera = files.exif_bytes({0x010F: "Canon", 0x0110: "Canon EOS R5"}, {0x9003: "2024:05:01 10:00:00"})
@@ -69,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parser.parse_args(argv)
     inputs = folder_files(arguments.folders) if arguments.folders else made_files()
     repeat = arguments.repeat if not arguments.folders else 1
-    card = ExpertCard.model_validate(yaml.safe_load((resources.files("configs") / "experts" / "provenance.yaml").read_text()))
+    card = load_yaml_model(CONFIG_DIR / "experts" / "provenance.yaml", ExpertCard)
     setups = [("shipped card", card.params)]
     if arguments.watermark:
         setups.append(("watermark on", {**card.params, "watermark": {"enabled": True}}))

@@ -3,14 +3,14 @@
 Each seed expert is loaded from a random-weight checkpoint in its upstream layout and run on real
 photographs, to measure what its card only estimates (experts/sizing.py).
 
-    python -m benchmarks.gpu_smoke [--expert NAME ...] [--size tiny|full ...] [--device auto|cpu|cuda]
+    python -m benchmarks.scripts.gpu_smoke [--expert NAME ...] [--size tiny|full ...] [--device auto|cpu|cuda]
                                    [--images N] [--batch-size B] [--out DIR] [--allow-cpu-full]
 
 Defaults: the four seed experts (fakevlm, univfd, npr, legion), size tiny, device auto (CUDA where
 there is one). For each expert and size:
 
 1. a random-weight checkpoint is written to a temporary folder, deleted afterwards (a full-size 7B
-   one is ~15 GB): benchmarks/random_checkpoints.py. "full" is the published architecture, so its
+   one is ~15 GB): tests/support/random_checkpoints.py. "full" is the published architecture, so its
    figures are the real model's except where random weights change the work: they seldom end an
    answer early, so FakeVLM and LEGION generate up to their max_new_tokens, near the worst case, and
    LEGION's random answers seldom hold a [SEG], so it decodes few masks (its SAM image encoder, the
@@ -54,17 +54,17 @@ from typing import Literal
 
 import numpy as np
 import torch
-import yaml
 from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from benchmarks.random_checkpoints import FULL_SIZE_DTYPES, Size, write_random_checkpoint
+from coe.core.yaml_files import load_yaml_model
 from configs import CONFIG_DIR
 from experts.base import ExpertCard, Localizer, create_expert
 from experts.sizing import Footprint, card_figures
 from experts.weights import resolve_device, resolve_dtype
+from tests.support.random_checkpoints import FULL_SIZE_DTYPES, Size, write_random_checkpoint
 
 CARDS = CONFIG_DIR / "experts"
 SEED_EXPERTS = ("fakevlm", "univfd", "npr", "legion")
@@ -112,7 +112,7 @@ def photographs(n: int) -> list[np.ndarray]:
 
 
 def read_card(name: str) -> ExpertCard:
-    return ExpertCard.model_validate(yaml.safe_load((CARDS / f"{name}.yaml").read_text()))
+    return load_yaml_model(CARDS / f"{name}.yaml", ExpertCard)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -334,7 +334,7 @@ def render(rows: list[SmokeRow], title: str) -> Table:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.gpu_smoke", description=__doc__.split("\n")[0]
+        prog="python -m benchmarks.scripts.gpu_smoke", description=__doc__.split("\n")[0]
     )
     # "extend": `--size tiny full` and `--size tiny --size full` both mean both
     parser.add_argument("--expert", action="extend", nargs="+", choices=SEED_EXPERTS,

@@ -5,7 +5,7 @@ Builds the built-in benchmark with every generator (the autoencoder and the thre
 a temporary folder, trains each expert on `expert_train` and prints its accuracy per generator on
 `test`:
 
-    python -m benchmarks.complementarity
+    python -m benchmarks.scripts.complementarity
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import yaml
 from pydantic import BaseModel
 
 from benchmarks.builtin import (
@@ -26,8 +25,9 @@ from benchmarks.builtin import (
     build_builtin_benchmark,
     read_builtin_manifest,
 )
-from configs import CONFIG_DIR
 from coe.core.imaging import read_image
+from coe.core.yaml_files import load_yaml_model
+from configs import CONFIG_DIR
 from experts.base import ExpertCard, create_expert
 
 CARDS_DIR = CONFIG_DIR / "experts"
@@ -56,7 +56,7 @@ class ComplementarityReport(BaseModel):
 
 
 def load_card(name: str) -> ExpertCard:
-    return ExpertCard.model_validate(yaml.safe_load((CARDS_DIR / f"{name}.yaml").read_text()))
+    return load_yaml_model(CARDS_DIR / f"{name}.yaml", ExpertCard)
 
 
 def load_images(root: Path, rows: Sequence[dict[str, str]]) -> list[np.ndarray]:

@@ -1,4 +1,4 @@
-"""What a small run costs before and beyond its work: `python -m benchmarks.startup`.
+"""What a small run costs before and beyond its work: `python -m benchmarks.scripts.startup`.
 
 Measured in one run, each the median of --repeats subprocess calls: a bare interpreter, `coe --help`,
 importing the route pipeline, a warm `coe route` of a few images (the default models already in

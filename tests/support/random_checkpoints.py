@@ -124,7 +124,11 @@ def write_fakevlm(
     transformers sized the image-token run (no patch_size); the weights stay those of `seed`."""
     ensure_torchvision_importable()
     from transformers import (
-        CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
         LlavaProcessor,
     )
 

@@ -2,7 +2,7 @@
 the wild check's as-is protocol run twice in one process, provenance off and on, with the same
 models; prints each system's AUC both ways and every group whose share called fake moved.
 
-    python -m benchmarks.provenance_effect SOURCE [--out DIR] [--set key=value ...]
+    python -m benchmarks.scripts.provenance_effect SOURCE [--out DIR] [--set key=value ...]
 
 SOURCE is what `coe wild` takes (a folder with real/ and fake/, or a manifest with `generator`),
 e.g. ../shared/data/wild-dev2/labels.csv. Builds the default models on first use, like `coe wild`.

@@ -1,6 +1,6 @@
 """Load on `coe serve` against the in-process pipeline, on the same images.
 
-    python -m benchmarks.load [--images N] [--size S] [--requests R] [--clients 1 8 32] [--home DIR]
+    python -m benchmarks.scripts.load [--images N] [--size S] [--requests R] [--clients 1 8 32] [--home DIR]
                               [--out DIR] [--set KEY=VALUE]
 
 Each request carries one image. At each number of concurrent clients, R requests are sent to the
@@ -27,7 +27,7 @@ import requests
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.throughput import ensure_images
+from benchmarks.scripts.throughput import ensure_images
 from coe.config import ConfigError, load_config
 from coe.core.imaging import decode_image_bytes
 from coe.defaults import DEFAULT_ROUTER, build_default_models
@@ -91,7 +91,9 @@ def render(rows: list[dict]) -> Table:
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.scripts.load", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--images", type=int, default=64, help="distinct JPEGs (default 64)")
     parser.add_argument("--size", type=int, default=256, help="side of each square JPEG (default 256)")
     parser.add_argument(

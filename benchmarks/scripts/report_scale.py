@@ -4,7 +4,7 @@ is shown. Rows are synthetic but shaped like real ones (a routing reason, an exp
 experts' opinions, the router's ranking, one error in 97); thumbnails are not part of it (one JPEG
 per distinct image, about 14 KB at 256 px).
 
-    python -m benchmarks.report_scale --images 1000 --images 10000
+    python -m benchmarks.scripts.report_scale --images 1000 --images 10000
 """
 
 from __future__ import annotations
