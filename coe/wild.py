@@ -10,7 +10,11 @@ Two protocols, each judged by the routed system and by every configured expert a
 
 For each: AUC, accuracy at 0.5, ECE, the share answered `uncertain` and the accuracy of the rest
 (coverage against accuracy), and for every generator (fakes) and every real source (reals) the share
-called fake. A detector that tells a wild set apart as-is but not matched learnt the confound."""
+called fake. A detector that tells a wild set apart as-is but not matched learnt the confound.
+
+Matching cannot equalise how sharp the pixels are (benchmarks/confounds.py): each protocol also
+reports how well "blurrier is fake" alone does, and every system's AUC over the fake-real pairs of
+equal sharpness, what is left of it when blur cannot decide."""
 
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from benchmarks.confounds import SHARPNESS_CALIPER, blur_says_fake, matched_pair_auc, sharpness
 from benchmarks.metrics import COVERAGES, accuracy_at_coverage, detector_metrics
 from benchmarks.readers import BenchmarkItem, BenchmarkSpec, load_benchmark_spec, read_benchmark
 from coe.config import CoeConfig
@@ -74,12 +79,30 @@ class SystemRow(BaseModel):
     accuracy_at_coverage: dict[str, float] = Field(
         default={}, description="accuracy of the share of images the system is surest of (|p_fake - 0.5| largest)"
     )
+    auc_at_equal_sharpness: float = Field(
+        description="AUC over the fake-real pairs of equal sharpness (log ratio within the caliper)"
+    )
+    equal_sharpness_pairs: int
+
+
+class ConfoundRow(BaseModel):
+    """How well a confound alone tells the classes apart under one protocol."""
+
+    protocol: Protocol
+    confound: Literal["sharpness"] = "sharpness"
+    rule: str = "blurrier is fake"
+    auc: float = Field(description="AUC of the rule over every image")
+    auc_at_equal_sharpness: float = Field(description="the rule's AUC over the pairs of equal sharpness: near 0.5 "
+                                          "when the caliper holds the confound equal")
+    equal_sharpness_pairs: int
+    caliper: float = Field(description="largest |log sharpness difference| of a pair counted as equally sharp")
 
 
 class WildReport(BaseModel):
     source: str
     matching: Matching
     systems: list[SystemRow]
+    confounds: list[ConfoundRow]
     groups: list[GroupRow]
     random_weights: bool
 
@@ -151,23 +174,27 @@ def run_wild_check(
     for name in experts if experts is not None else config.experts:
         systems[name] = RoutePipeline(config, expert=name, say=warn)
     rows: list[SystemRow] = []
+    confounds: list[ConfoundRow] = []
     groups: list[GroupRow] = []
     try:
         with ThreadPoolExecutor(config.run.decode_workers) as decoders, progress_bar(console, show=show_progress) as bar:
             for protocol in protocols:
                 task = bar.add_task(f"wild check, {protocol}", total=len(items))
                 verdicts: dict[str, list[Verdict]] = {name: [] for name in systems}
+                sharpness_values: list[float] = []
                 too_small = 0
                 for start in range(0, len(items), config.run.chunk_size):
                     chunk = items[start : start + config.run.chunk_size]
                     decoded = list(decoders.map(lambda item: _decode(item, protocol, matching, systems[ROUTED]), chunk))
                     too_small += sum(isinstance(d, ErrorInfo) and d.code == ErrorCode.IMAGE_TOO_SMALL for d in decoded)
+                    sharpness_values += decoders.map(_sharpness, decoded)
                     named = [(str(item.path), image) for item, image in zip(chunk, decoded, strict=True)]
                     for name, pipeline in systems.items():
                         verdicts[name] += judge_decoded(named, pipeline, {})
                     bar.advance(task, len(chunk))
+                confounds.append(_confound(protocol, items, sharpness_values))
                 for name, judged in verdicts.items():
-                    row, group_rows = _score(protocol, name, items, judged)
+                    row, group_rows = _score(protocol, name, items, judged, sharpness_values)
                     rows.append(row.model_copy(update={"too_small": too_small if protocol == "matched" else 0}))
                     groups += group_rows
     finally:
@@ -175,17 +202,41 @@ def run_wild_check(
             pipeline.close()
     routing = systems[ROUTED].routing
     report = WildReport(
-        source=readable(str(source)), matching=matching, systems=rows, groups=groups,
+        source=readable(str(source)), matching=matching, systems=rows, confounds=confounds, groups=groups,
         random_weights=bool(routing.extractor and routing.extractor.random_weights),
     )
     _write(report, out_dir)
     return report
 
 
-def _score(protocol: Protocol, system: str, items: Sequence[BenchmarkItem], verdicts: Sequence[Verdict]):
-    judged = [(item, verdict) for item, verdict in zip(items, verdicts, strict=True) if verdict.error is None]
+def _sharpness(image: DecodedImage | ErrorInfo) -> float:
+    return sharpness(image.pixels) if isinstance(image, DecodedImage) else float("nan")
+
+
+def _confound(protocol: Protocol, items: Sequence[BenchmarkItem], sharpness_values: Sequence[float]) -> ConfoundRow:
+    values = np.array(sharpness_values, dtype=float)
+    known = ~np.isnan(values)
+    is_fake = np.array([item.label == "fake" for item in items], dtype=bool)
+    score, log_sharpness = blur_says_fake(values[known]), np.log(np.maximum(values[known], 1e-6))
+    auc, _ = matched_pair_auc(score, is_fake[known], log_sharpness, caliper=np.inf)  # every pair: the ROC AUC
+    matched_auc, pairs = matched_pair_auc(score, is_fake[known], log_sharpness, SHARPNESS_CALIPER)
+    return ConfoundRow(protocol=protocol, auc=auc, auc_at_equal_sharpness=matched_auc,
+                       equal_sharpness_pairs=pairs, caliper=SHARPNESS_CALIPER)
+
+
+def _score(
+    protocol: Protocol,
+    system: str,
+    items: Sequence[BenchmarkItem],
+    verdicts: Sequence[Verdict],
+    sharpness_values: Sequence[float],
+):
+    kept = [i for i, verdict in enumerate(verdicts) if verdict.error is None]
+    judged = [(items[i], verdicts[i]) for i in kept]
     p_fake = np.array([verdict.p_fake for _, verdict in judged], dtype=float)
     is_fake = np.array([item.label == "fake" for item, _ in judged], dtype=bool)
+    log_sharpness = np.log(np.maximum(np.array([sharpness_values[i] for i in kept], dtype=float), 1e-6))
+    auc_at_equal_sharpness, pairs = matched_pair_auc(p_fake, is_fake, log_sharpness, SHARPNESS_CALIPER)
     labels = np.array([verdict.label for _, verdict in judged])
     metrics = detector_metrics(p_fake, is_fake)
     decided = labels != "uncertain"
@@ -196,6 +247,7 @@ def _score(protocol: Protocol, system: str, items: Sequence[BenchmarkItem], verd
         uncertain=float((~decided).mean()) if len(judged) else float("nan"),
         decided_accuracy=float(right[decided].mean()) if decided.any() else float("nan"),
         accuracy_at_coverage=accuracy_at_coverage(p_fake, is_fake),
+        auc_at_equal_sharpness=auc_at_equal_sharpness, equal_sharpness_pairs=pairs,
     )
     group_rows = []
     keys = sorted({(item.label, item.generator) for item, _ in judged})
@@ -221,16 +273,28 @@ def _write(report: WildReport, out_dir: Path) -> None:
 
 def render_wild(report: WildReport, console: Console) -> None:
     systems = Table(title=Text(readable(f"wild check of {report.source}")))
-    columns = ("protocol", "system", "n", "AUC", "accuracy", "ECE", "uncertain", "decided acc.", "TPR", "TNR")
+    columns = ("protocol", "system", "n", "AUC", "AUC, equal sharpness", "accuracy", "ECE", "uncertain",
+               "decided acc.", "TPR", "TNR")
     for column in columns:
         systems.add_column(column, justify="left" if column in columns[:2] else "right")
     for row in report.systems:
         systems.add_row(
             row.protocol, row.system, str(row.n), *(f"{value:.3f}" for value in (
-                row.auc, row.accuracy, row.ece, row.uncertain, row.decided_accuracy, row.tpr, row.tnr)),
+                row.auc, row.auc_at_equal_sharpness, row.accuracy, row.ece, row.uncertain, row.decided_accuracy,
+                row.tpr, row.tnr)),
             style="bold" if row.system == ROUTED else "",
         )
     console.print(systems)
+    confounds = Table(title="a confound alone: how well \"blurrier is fake\" separates the classes")
+    for column in ("protocol", "AUC", "AUC, equal sharpness", "pairs of equal sharpness"):
+        confounds.add_column(column, justify="left" if column == "protocol" else "right")
+    for confound in report.confounds:
+        confounds.add_row(confound.protocol, f"{confound.auc:.3f}", f"{confound.auc_at_equal_sharpness:.3f}",
+                          str(confound.equal_sharpness_pairs))
+    console.print(confounds)
+    if report.confounds:
+        console.print(f"equal sharpness: the pairs of a fake and a real whose log sharpness differs by at most "
+                      f"{report.confounds[0].caliper:.2f}; where a system's AUC falls to 0.5 there, it was telling blur.")
     coverage = Table(title="accuracy where each system is surest (coverage: the share of images it answers)")
     coverage.add_column("protocol")
     coverage.add_column("system")

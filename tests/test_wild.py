@@ -9,7 +9,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from bad_files import photo
 from coe.core.imaging import decode_image_bytes
@@ -78,6 +78,26 @@ def test_a_wild_check_scores_every_system_under_both_protocols(tmp_path, trained
     assert len(written["systems"]) == 8
     with (tmp_path / "out" / "groups.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == len(report.groups)
+
+
+def test_the_blur_confound_is_measured_and_held_equal(tmp_path, trained_config):
+    # The reals are one photo written three ways (PNG at three compression levels: other bytes, the
+    # same pixels); three fakes are blurred copies, so blur tells them apart, and one more fake has
+    # the reals' very pixels: the only pairs of equal sharpness are its three, where the rule ties.
+    for folder in ("real", "fake"):
+        (tmp_path / "wild" / folder).mkdir(parents=True)
+    picture = photo(300, 300)
+    for level in (1, 6, 9):
+        picture.save(tmp_path / "wild" / "real" / f"level {level}.png", compress_level=level)
+    for radius in (1, 2, 3):
+        picture.filter(ImageFilter.GaussianBlur(radius)).save(tmp_path / "wild" / "fake" / f"blur {radius}.png")
+    picture.save(tmp_path / "wild" / "fake" / "sharp.png")
+    report = run_wild_check(trained_config, tmp_path / "wild", tmp_path / "out", experts=["dct"], show_progress=False)
+    expected = [(protocol, (9 + 3 * 0.5) / 12, 0.5, 3) for protocol in ("as-is", "matched")]
+    assert [(r.protocol, r.auc, r.auc_at_equal_sharpness, r.equal_sharpness_pairs) for r in report.confounds] == expected
+    assert [row.equal_sharpness_pairs for row in report.systems] == [3, 3, 3, 3]
+    written = json.loads((tmp_path / "out" / "wild.json").read_text())
+    assert [row["equal_sharpness_pairs"] for row in written["confounds"]] == [3, 3]
 
 
 def test_the_command_reads_a_manifest_and_prints_both_protocols(tmp_path, trained_config):
