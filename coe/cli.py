@@ -42,7 +42,7 @@ def _setup(config_file: Path | None, overrides: list[str] | None, extra: list[st
     except ConfigError as error:
         if _debug:
             console.print_exception()
-        console.print(Text.assemble(("configuration error:", "red"), "\n", readable(str(error))))
+        console.print(Text.assemble(("configuration error:", "red"), "\n", readable(str(error))), soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -61,7 +61,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
 def _fail(error: Exception) -> typer.Exit:
     if _debug:
         console.print_exception()
-    console.print(Text.assemble(("error:", "red"), " ", readable(str(error))))
+    console.print(Text.assemble(("error:", "red"), " ", readable(str(error))), soft_wrap=True)
     return typer.Exit(2)
 
 

@@ -61,6 +61,11 @@ def test_a_user_error_is_one_line_and_a_bug_is_a_traceback(monkeypatch, tmp_path
     monkeypatch.setattr(coe.pipeline, "route", _route_raising(PipelineError("the router folder is empty")))
     result = CliRunner().invoke(app, ["route", str(tmp_path)])
     assert result.exit_code == 2 and result.output.strip() == "error: the router folder is empty"
+    # However long, a message is one line off a terminal: a path in it survives copying.
+    long_path = tmp_path / ("a folder with a long name " * 8) / "router"
+    monkeypatch.setattr(coe.pipeline, "route", _route_raising(PipelineError(f"{long_path} is empty")))
+    result = CliRunner().invoke(app, ["route", str(tmp_path)])
+    assert result.output == f"error: {long_path} is empty\n"
     debug = CliRunner().invoke(app, ["--debug", "route", str(tmp_path)])
     assert debug.exit_code == 2 and "Traceback" in debug.output and "PipelineError" in debug.output
     # A ValueError from deep inside is a bug, not a user's mistake: it leaves with its traceback.

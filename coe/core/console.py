@@ -18,8 +18,9 @@ def plain_console(stderr: bool = False, **options: Any) -> Console:
 
 
 def show(console: Console, text: str, style: str | None = None) -> None:
-    """Print text as itself on any console, one that reads markup included (a caller's own)."""
-    console.print(readable(text), style=style, markup=False, emoji=False)
+    """Print text as itself on any console, one that reads markup included (a caller's own), and
+    never broken into lines by width: a path in a message must survive copying out of a log."""
+    console.print(readable(text), style=style, markup=False, emoji=False, soft_wrap=True)
 
 
 class StageLines:
