@@ -43,7 +43,15 @@ from coe.defaults import DEFAULT_ROUTER
 from coe.models import ExpertPool, routing_features
 from coe.pipeline import RoutePipeline, judge_decoded
 from coe.ray_route import ray_session
-from experts.base import ExpertCard, FileExpert, Resources, create_expert, localize_each, predict_each
+from experts.base import (
+    DeviceParams,
+    ExpertCard,
+    FileExpert,
+    Resources,
+    create_expert,
+    localize_each,
+    predict_each,
+)
 from router.artifact import has_readable_artifact
 
 logger = logging.getLogger("coe.serve")
@@ -789,7 +797,7 @@ def fit_to_cluster(
                 f"expert {name} asks for {card.resources.num_gpus:g} GPU but the Ray cluster has none: running it on the CPU"
             )
             params = dict(card.params)
-            if "device" in create_expert(card).Params.model_fields:
+            if issubclass(create_expert(card).Params, DeviceParams):
                 params["device"] = "cpu"
             card = card.model_copy(
                 update={"resources": card.resources.model_copy(update={"num_gpus": 0.0}), "params": params}

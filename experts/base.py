@@ -13,7 +13,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,7 +22,30 @@ from coe.core.errors import UserError
 from coe.core.records import ErrorCode, ErrorInfo, ExpertOutput, Localization, Provenance
 from coe.core.registry import Registry
 
+if TYPE_CHECKING:
+    from experts.sizing import Footprint
+
 Capability = Literal["detect", "localize", "explain"]
+TorchDtype = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+class DeviceParams(BaseModel):
+    """The parameters every expert that runs a torch network has (serving moves it to the CPU of a
+    cluster without GPUs through `device`); families add their own, or change the defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+    device: str = Field(
+        default="auto", description="auto: the first CUDA device where one exists, else the CPU; or a torch device"
+    )
+    batch_size: int = Field(default=16, ge=1, description="images run through the network together")
+
+
+class TorchParams(DeviceParams):
+    """DeviceParams and the precision the network runs in."""
+
+    dtype: TorchDtype = Field(
+        default="auto", description="auto: bfloat16 on a GPU that supports it (float16 on older ones), float32 on the CPU"
+    )
 
 
 class Resources(BaseModel):
@@ -196,6 +219,13 @@ class PretrainedExpert(Expert):
     def load(self, weights: str | Path) -> PretrainedExpert:
         """Load from `weights` (a path, or `hf-hub:ORG/REPO`) and set `weights_digest`; returns self.
         Missing weights raise `experts.weights.WeightsNotFoundError` saying how to obtain them."""
+
+    @classmethod
+    @abstractmethod
+    def full_size_footprint(cls, params: BaseModel) -> Footprint:
+        """Parameters, memory and FLOPs per image of the published architecture under `params`,
+        measured on torch's meta device (experts.sizing) without any weights: the card's cost and
+        resources are derived from it (tests/test_cards.py), so they cannot drift from the model."""
 
 
 class Localizer(ABC):

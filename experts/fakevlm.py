@@ -17,10 +17,10 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from coe.core.records import ExpertOutput
-from experts.base import PretrainedExpert, register_expert
+from experts.base import PretrainedExpert, TorchParams, register_expert
 from experts.sizing import Footprint, count_parameters_and_flops
 from experts.weights import (
     WeightsFormatError,
@@ -61,11 +61,8 @@ IMAGE_TOKENS = (336 // 14) ** 2
 PROMPT_TEXT_TOKENS = 16
 
 
-class FakeVLMParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    device: str = "auto"
-    dtype: str = "auto"
-    batch_size: int = Field(default=8, ge=1)
+class FakeVLMParams(TorchParams):
+    batch_size: int = Field(default=8, ge=1, description="images run through the network together")
     prompt: str = Field(
         default=UPSTREAM_PROMPT, description=f"the question, with one {IMAGE_TOKEN} where the image goes"
     )

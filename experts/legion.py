@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from coe.core.records import Artifact, ArtifactCategory, ExpertOutput, Localization
 from coe.core.torchvision_compat import ensure_torchvision_importable
-from experts.base import ExpertCard, Localizer, PretrainedExpert, register_expert
+from experts.base import ExpertCard, Localizer, PretrainedExpert, TorchParams, register_expert
 from experts.sizing import Footprint, count_parameters_and_flops
 from experts.weights import (
     WeightsFormatError,
@@ -593,11 +593,8 @@ def upsample_mask_logits(
 # --- the expert ------------------------------------------------------------------------------------
 
 
-class LegionParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    device: str = "auto"
-    dtype: str = "auto"
-    batch_size: int = Field(default=4, ge=1)
+class LegionParams(TorchParams):
+    batch_size: int = Field(default=4, ge=1, description="images run through the network together")
     max_new_tokens: int = Field(default=512, ge=1, description="upstream generates up to 512 tokens")
     vision_tower: str = Field(
         default=f"hf-hub:{CLIP_HUB}",

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
-from experts.base import PretrainedExpert, register_expert
+from experts.base import PretrainedExpert, TorchDtype, TorchParams, register_expert
 from experts.sizing import Footprint, count_parameters_and_flops
 from experts.weights import (
     WeightsFormatError,
@@ -167,12 +167,8 @@ def score_images(
     return probabilities
 
 
-class NPRParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    device: str = "auto"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        default="float32", description="upstream runs float32; auto: bfloat16 on a GPU"
-    )
+class NPRParams(TorchParams):
+    dtype: TorchDtype = Field(default="float32", description="upstream runs float32; auto: bfloat16 on a GPU")
     batch_size: int = Field(default=16, ge=1, description="images of the same size run together")
     max_side: int | None = Field(
         default=1024,

@@ -20,9 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageFilter
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from experts.base import ExpertNotTrainedError, TrainableExpert, TrainingDataError, register_expert
+from experts.base import (
+    DeviceParams,
+    ExpertNotTrainedError,
+    TrainableExpert,
+    TrainingDataError,
+    register_expert,
+)
 from experts.classic import META_FILE, read_trained_meta, trained_meta
 from experts.npr import NPRNetwork, imagenet_normalised, score_images
 from experts.weights import WeightsFormatError, resolve_device
@@ -30,9 +36,7 @@ from experts.weights import WeightsFormatError, resolve_device
 MODEL_FILE = "npr.safetensors"
 
 
-class ScratchNPRParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    device: str = "auto"
+class ScratchNPRParams(DeviceParams):
     batch_size: int = Field(default=16, ge=1, description="images of one size scored together")
     max_side: int | None = Field(
         default=1024, ge=2, description="larger images are centre-cropped to this, never resized; null: whole image"

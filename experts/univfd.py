@@ -15,15 +15,15 @@ import hashlib
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
 from coe.core.open_clip_hub import cached_open_clip_checkpoint
-from experts.base import PretrainedExpert, register_expert
+from experts.base import PretrainedExpert, TorchDtype, TorchParams, register_expert
 from experts.sizing import Footprint, count_parameters_and_flops
 from experts.weights import (
     WeightsFormatError,
@@ -45,14 +45,12 @@ OPEN_CLIP_CONFIG = "open_clip_config.json"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
 
-class UnivFDParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    device: str = "auto"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+class UnivFDParams(TorchParams):
+    dtype: TorchDtype = Field(
         default="float32",
         description="upstream trains and evaluates the probe in float32; auto: bfloat16 on a GPU",
     )
-    batch_size: int = Field(default=32, ge=1)
+    batch_size: int = Field(default=32, ge=1, description="images run through the network together")
     clip_model: str = Field(
         default="ViT-L-14",
         description="the open_clip architecture a pretrained tag or a weights file is loaded into",

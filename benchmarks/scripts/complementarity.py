@@ -25,13 +25,14 @@ from benchmarks.builtin import (
     build_builtin_benchmark,
     read_builtin_manifest,
 )
+from coe.config import load_config
 from coe.core.imaging import read_image
 from coe.core.yaml_files import load_yaml_model
 from configs import CONFIG_DIR
 from experts.base import ExpertCard, create_expert
 
 CARDS_DIR = CONFIG_DIR / "experts"
-EXPERTS = ("spectrum", "dct", "residual")
+EXPERTS = tuple(load_config().experts)  # the default configuration's
 ORACLE = "oracle"
 OVERALL = "all"
 

@@ -6,7 +6,7 @@ photographs, to measure what its card only estimates (experts/sizing.py).
     python -m benchmarks.scripts.gpu_smoke [--expert NAME ...] [--size tiny|full ...] [--device auto|cpu|cuda]
                                    [--images N] [--batch-size B] [--out DIR] [--allow-cpu-full]
 
-Defaults: the four seed experts (fakevlm, univfd, npr, legion), size tiny, device auto (CUDA where
+Defaults: every pretrained expert (fakevlm, legion, npr, univfd), size tiny, device auto (CUDA where
 there is one). For each expert and size:
 
 1. a random-weight checkpoint is written to a temporary folder, deleted afterwards (a full-size 7B
@@ -64,10 +64,12 @@ from configs import CONFIG_DIR
 from experts.base import ExpertCard, Localizer, create_expert
 from experts.sizing import Footprint, card_figures
 from experts.weights import resolve_device, resolve_dtype
-from tests.support.random_checkpoints import FULL_SIZE_DTYPES, Size, write_random_checkpoint
+from tests.support.random_checkpoints import FULL_SIZE_DTYPES, WRITERS, Size, write_random_checkpoint
 
 CARDS = CONFIG_DIR / "experts"
-SEED_EXPERTS = ("fakevlm", "univfd", "npr", "legion")
+# Every pretrained family has a random-checkpoint writer (tests/test_cards.py);
+# its shipped card bears its name.
+SEED_EXPERTS = tuple(WRITERS)
 RESULTS_FILE = "gpu_smoke.json"
 # scikit-image's photographs, smallest first, so that a few images are quick ones
 PHOTOS = (
