@@ -31,9 +31,14 @@ def sharpness(pixels: np.ndarray) -> float:
     return float(np.abs(luma - gaussian_filter(luma, sigma=1.0, mode="reflect")).mean())
 
 
+def log_sharpness(sharpness_values: np.ndarray) -> np.ndarray:
+    """The scale pairs are matched on (a flat image's 0 held at 1e-6); NaN stays NaN."""
+    return np.log(np.maximum(np.asarray(sharpness_values, dtype=float), 1e-6))
+
+
 def blur_says_fake(sharpness_values: np.ndarray) -> np.ndarray:
     """The score of the baseline "blurrier is fake": larger for blurrier images."""
-    return -np.log(np.maximum(np.asarray(sharpness_values, dtype=float), 1e-6))
+    return -log_sharpness(sharpness_values)
 
 
 def matched_pair_auc(

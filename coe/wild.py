@@ -32,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from benchmarks.confounds import SHARPNESS_CALIPER, blur_says_fake, matched_pair_auc, sharpness
+from benchmarks.confounds import SHARPNESS_CALIPER, blur_says_fake, log_sharpness, matched_pair_auc, sharpness
 from benchmarks.metrics import COVERAGES, accuracy_at_coverage, detector_metrics
 from benchmarks.readers import BenchmarkItem, BenchmarkSpec, load_benchmark_spec, read_benchmark
 from coe.config import CoeConfig
@@ -217,9 +217,9 @@ def _confound(protocol: Protocol, items: Sequence[BenchmarkItem], sharpness_valu
     values = np.array(sharpness_values, dtype=float)
     known = ~np.isnan(values)
     is_fake = np.array([item.label == "fake" for item in items], dtype=bool)
-    score, log_sharpness = blur_says_fake(values[known]), np.log(np.maximum(values[known], 1e-6))
-    auc, _ = matched_pair_auc(score, is_fake[known], log_sharpness, caliper=np.inf)  # every pair: the ROC AUC
-    matched_auc, pairs = matched_pair_auc(score, is_fake[known], log_sharpness, SHARPNESS_CALIPER)
+    score, matched_on = blur_says_fake(values[known]), log_sharpness(values[known])
+    auc, _ = matched_pair_auc(score, is_fake[known], matched_on, caliper=np.inf)  # every pair: the ROC AUC
+    matched_auc, pairs = matched_pair_auc(score, is_fake[known], matched_on, SHARPNESS_CALIPER)
     return ConfoundRow(protocol=protocol, auc=auc, auc_at_equal_sharpness=matched_auc,
                        equal_sharpness_pairs=pairs, caliper=SHARPNESS_CALIPER)
 
@@ -235,8 +235,8 @@ def _score(
     judged = [(items[i], verdicts[i]) for i in kept]
     p_fake = np.array([verdict.p_fake for _, verdict in judged], dtype=float)
     is_fake = np.array([item.label == "fake" for item, _ in judged], dtype=bool)
-    log_sharpness = np.log(np.maximum(np.array([sharpness_values[i] for i in kept], dtype=float), 1e-6))
-    auc_at_equal_sharpness, pairs = matched_pair_auc(p_fake, is_fake, log_sharpness, SHARPNESS_CALIPER)
+    matched_on = log_sharpness(np.array([sharpness_values[i] for i in kept], dtype=float))
+    auc_at_equal_sharpness, pairs = matched_pair_auc(p_fake, is_fake, matched_on, SHARPNESS_CALIPER)
     labels = np.array([verdict.label for _, verdict in judged])
     metrics = detector_metrics(p_fake, is_fake)
     decided = labels != "uncertain"
